@@ -1,0 +1,3 @@
+"""bridge: a durable task coordinator (task graph in SQL, executed by RQ workers)."""
+
+__version__ = "0.1.0"

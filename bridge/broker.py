@@ -1,0 +1,211 @@
+"""All Redis and RQ: the only module (with ``workers/``) that talks to Redis.
+
+Redis is transport only. Jobs go out through an RQ queue (JSON-serialized);
+reports come back on a Redis stream read through a consumer group, so a report
+stays pending until the dispatcher acknowledges it after its commit.
+"""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+from redis.exceptions import RedisError, ResponseError
+from rq import Queue
+from rq.command import send_stop_job_command
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from bridge.messages import (
+    JOB_FUNCTION,
+    Dispatch,
+    Report,
+    ReportError,
+    cancel_key,
+    heartbeat_key,
+    reports_key,
+)
+from bridge.settings import redact_url
+
+log = logging.getLogger(__name__)
+
+GROUP = "dispatchers"
+"""The consumer group of the report stream."""
+RESULT_TTL = 600
+"""Seconds RQ keeps a finished job; the report already carries what matters."""
+NO_TIMEOUT = -1
+"""RQ's "never time out": a task without ``timeout`` runs as long as it needs."""
+
+
+class BrokerError(RuntimeError):
+    """Redis cannot be used; the message names the URL (password hidden)."""
+
+
+def connect(url: str, *, check: bool = True) -> redis.Redis:
+    """A Redis client for ``url`` (``redis://``, ``rediss://`` for TLS, ``unix://``)."""
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+    except ValueError as exc:
+        raise BrokerError(f"not a Redis URL: {redact_url(url)} ({exc})") from None
+    if check:
+        try:
+            client.ping()
+        except RedisError as exc:
+            raise BrokerError(
+                f"cannot reach Redis at {redact_url(url)}: {_first_line(exc)}"
+            ) from None
+    return client
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+@dataclass(frozen=True)
+class Incoming:
+    message_id: bytes
+    report: Report | None
+    """None for a wake-up nudge or an undecodable message (acknowledged and dropped)."""
+
+
+class Broker:
+    def __init__(self, client: redis.Redis, queue: str, *, max_output: int = 1024 * 1024) -> None:
+        self.client = client
+        self.queue_name = queue
+        self.queue = Queue(queue, connection=client, serializer=JSONSerializer)
+        self.stream = reports_key(queue)
+        self.max_output = max_output
+        self._pending_first = True
+
+    # ------------------------------------------------------------------ jobs out
+
+    def enqueue(self, jobs: Sequence[Dispatch]) -> None:
+        """Enqueue jobs in one pipeline. Only called after their ``queued`` commit."""
+        if not jobs:
+            return
+        data = [
+            Queue.prepare_data(
+                JOB_FUNCTION,
+                kwargs={
+                    "task_id": job.task_id,
+                    "attempt": job.attempt,
+                    "kind": job.kind,
+                    "payload": job.payload,
+                    "max_output": self.max_output,
+                },
+                job_id=job.job_id,
+                timeout=job.timeout or NO_TIMEOUT,
+                result_ttl=RESULT_TTL,
+                failure_ttl=24 * 3600,
+                description=f"bridge task {job.task_id!r} attempt {job.attempt}",
+            )
+            for job in jobs
+        ]
+        with self.client.pipeline() as pipe:
+            self.queue.enqueue_many(data, pipeline=pipe)
+            pipe.execute()
+
+    def missing_jobs(self, job_ids: Sequence[str]) -> set[str]:
+        """The job ids Redis no longer knows (flushed, restarted, expired)."""
+        if not job_ids:
+            return set()
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.exists(Job.key_for(job_id))
+            found = pipe.execute()
+        return {job_id for job_id, exists in zip(job_ids, found, strict=True) if not exists}
+
+    def silent_jobs(self, job_ids: Sequence[str]) -> set[str]:
+        """Running jobs whose worker stopped renewing its heartbeat: the worker died."""
+        if not job_ids:
+            return set()
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.exists(heartbeat_key(self.queue_name, job_id))
+            found = pipe.execute()
+        return {job_id for job_id, alive in zip(job_ids, found, strict=True) if not alive}
+
+    def run_id(self) -> str:
+        """Redis's run id: a new one means Redis restarted and may have lost everything."""
+        return str(self.client.info("server").get("run_id", ""))
+
+    def cancel(self, job_id: str, *, running: bool) -> str:
+        """Withdraw a job: drop it from the queue, or ask its worker to stop it."""
+        self.client.set(cancel_key(self.queue_name, job_id), "1", ex=24 * 3600)
+        removed = self.queue.remove(job_id)
+        if running:
+            try:
+                send_stop_job_command(self.client, job_id, serializer=JSONSerializer)
+                return "stop requested from its worker"
+            except Exception as exc:  # not executing yet, or the worker cannot stop jobs
+                reason = _first_line(exc)
+                return f"could not stop the running job ({reason}); its result will be ignored"
+        return "removed from the queue" if removed else "job was not in the queue"
+
+    def purge(self) -> int:
+        """Drop every queued job (``bridge clean``)."""
+        return int(self.queue.empty())
+
+    # ------------------------------------------------------------------ reports in
+
+    def ensure_group(self) -> None:
+        try:
+            self.client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read_reports(self, consumer: str, *, block_ms: int, count: int = 1000) -> list[Incoming]:
+        """Reports not yet acknowledged, then new ones (blocking up to ``block_ms``).
+
+        After a restart the first read returns what a crashed dispatcher read but
+        never acknowledged; fencing makes applying it twice harmless.
+        """
+        try:
+            return self._read(consumer, block_ms=block_ms, count=count)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self.ensure_group()  # Redis lost the stream: start a new one
+            self._pending_first = True
+            return []
+
+    def _read(self, consumer: str, *, block_ms: int, count: int) -> list[Incoming]:
+        if self._pending_first:
+            entries = self.client.xreadgroup(GROUP, consumer, {self.stream: "0"}, count=count)
+            messages = entries[0][1] if entries else []
+            if len(messages) < count:
+                self._pending_first = False
+            if messages:
+                return [self._decode(mid, fields) for mid, fields in messages]
+        entries = self.client.xreadgroup(
+            GROUP, consumer, {self.stream: ">"}, count=count, block=block_ms
+        )
+        messages = entries[0][1] if entries else []
+        return [self._decode(mid, fields) for mid, fields in messages]
+
+    def _decode(self, message_id: bytes, fields: dict) -> Incoming:
+        if not fields or b"nudge" in fields:
+            return Incoming(message_id, None)
+        try:
+            return Incoming(message_id, Report.decode(fields))
+        except ReportError as exc:
+            log.warning("dropping malformed report %s: %s", message_id, exc)
+            return Incoming(message_id, None)
+
+    def ack(self, message_ids: Sequence[bytes]) -> None:
+        """Acknowledge and delete applied reports, so the stream stays short."""
+        if message_ids:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.xack(self.stream, GROUP, *message_ids)
+                pipe.xdel(self.stream, *message_ids)
+                pipe.execute()
+
+    def nudge(self) -> None:
+        """Wake a dispatcher blocked on the stream (new tasks were added)."""
+        self.client.xadd(self.stream, {"nudge": "1"})
+
+
+def publish(client: redis.Redis, queue: str, report: Report) -> None:
+    """Append a worker's report to the stream (the worker side of the channel)."""
+    client.xadd(reports_key(queue), report.encode())

@@ -1,0 +1,447 @@
+"""The ``bridge`` command: a thin skin over the store, the broker and the dispatcher.
+
+Every error a user can cause ends as one line ``error: ...`` on stderr and a
+non-zero exit, never a traceback; ``main`` is where that is enforced.
+"""
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from redis.exceptions import RedisError
+from sqlalchemy.engine import Engine
+
+from bridge import graph, render, store
+from bridge.broker import Broker, BrokerError, connect
+from bridge.graph import GraphError
+from bridge.settings import (
+    DEFAULT_DATABASE_URL,
+    DEFAULT_QUEUE,
+    DEFAULT_REDIS_URL,
+    DEFAULT_SLOTS,
+    WORKER_CLASSES,
+    Settings,
+    SettingsError,
+    redact_url,
+)
+from bridge.states import TaskStatus
+
+USER_ERRORS = (GraphError, store.StoreError, BrokerError, SettingsError, LookupError)
+
+
+class Context:
+    """What every command gets: the settings, and the engine built on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = store.open_engine(self.settings.database_url)
+        return self._engine
+
+    def broker(self, *, check: bool = True) -> Broker:
+        client = connect(self.settings.redis_url, check=check)
+        return Broker(client, self.settings.queue, max_output=self.settings.max_output)
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": False})
+@click.option(
+    "--database-url",
+    envvar="BRIDGE_DATABASE_URL",
+    show_envvar=True,
+    help=f"SQLAlchemy URL of the database. [default: {DEFAULT_DATABASE_URL}]",
+)
+@click.option(
+    "--redis-url",
+    envvar="BRIDGE_REDIS_URL",
+    show_envvar=True,
+    help=f"Redis URL (redis://, rediss:// for TLS, unix://). [default: {DEFAULT_REDIS_URL}]",
+)
+@click.option(
+    "--queue",
+    envvar="BRIDGE_QUEUE",
+    show_envvar=True,
+    help=f"RQ queue name. [default: {DEFAULT_QUEUE}]",
+)
+@click.option(
+    "--slots",
+    envvar="BRIDGE_SLOTS",
+    show_envvar=True,
+    type=int,
+    help=f"Tasks in flight at once. [default: {DEFAULT_SLOTS}]",
+)
+@click.option(
+    "--handlers",
+    envvar="BRIDGE_HANDLERS",
+    show_envvar=True,
+    help="Comma-separated modules that register handlers (imported by workers).",
+)
+@click.option(
+    "--worker-class",
+    envvar="BRIDGE_WORKER_CLASS",
+    show_envvar=True,
+    type=click.Choice(WORKER_CLASSES),
+    help="fork: RQ Worker, a process per job (isolated, stoppable);"
+    " simple: in-process, faster. [default: fork]",
+)
+@click.option(
+    "--max-output",
+    envvar="BRIDGE_MAX_OUTPUT",
+    show_envvar=True,
+    type=int,
+    help="Bytes of output/error kept per task; more is truncated with a marker. [default: 1048576]",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
+@click.version_option(package_name="bridge")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, **options: Any) -> None:
+    """bridge: a durable task graph in SQL, run by RQ workers through Redis."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    ctx.obj = Context(Settings.from_env({}, **options))
+
+
+# ------------------------------------------------------------------------------ add
+
+
+@cli.command()
+@click.argument("task_id", required=False)
+@click.option(
+    "--file", "file_path", type=click.Path(dir_okay=False), help="A JSON list of task objects."
+)
+@click.option("--description", default="", help="What the task does.")
+@click.option("--kind", default="noop", help="The handler that runs it.")
+@click.option("--payload", help="JSON value passed to the handler.")
+@click.option("--after", "after", multiple=True, help="A dependency (repeatable).")
+@click.option("--priority", type=int, default=0, help="Higher runs first.")
+@click.option("--max-attempts", type=int, default=1, help="Attempts before it fails for good.")
+@click.option("--timeout", type=int, help="Seconds an attempt may run.")
+@pass_context
+def add(
+    context: Context,
+    task_id: str | None,
+    file_path: str | None,
+    description: str,
+    kind: str,
+    payload: str | None,
+    after: tuple[str, ...],
+    priority: int,
+    max_attempts: int,
+    timeout: int | None,
+) -> None:
+    """Add one task, or a whole graph with --file (all or nothing)."""
+    if file_path is not None:
+        if task_id is not None:
+            fail("give either a task ID or --file, not both", 2)
+        specs = graph.parse_graph(_read(file_path), file_path)
+    elif task_id is None:
+        fail("give a task ID or --file", 2)
+    else:
+        specs = [
+            graph.make_spec(
+                task_id=task_id,
+                description=description,
+                kind=kind,
+                payload=graph.parse_payload(payload),
+                dependencies=after,
+                priority=priority,
+                max_attempts=max_attempts,
+                timeout=timeout,
+            )
+        ]
+    added = add_specs(context, specs, skip_same=False)
+    click.echo(f"added {len(added.added)} task(s)")
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {path}: {exc.strerror if isinstance(exc, OSError) else exc}")
+
+
+def add_specs(context: Context, specs: list[graph.TaskSpec], *, skip_same: bool) -> store.AddResult:
+    _warn_unknown_kinds(context.settings, specs)
+    with store.writing(context.engine) as session:
+        result = store.add_tasks(
+            session=session,
+            specs=specs,
+            skip_same=skip_same,
+            max_payload=context.settings.max_output,
+        )
+    if result.added:
+        _nudge(context.settings)
+    return result
+
+
+def _warn_unknown_kinds(settings: Settings, specs: list[graph.TaskSpec]) -> None:
+    from workers.registry import HandlerError, is_registered, load_modules
+
+    try:
+        load_modules(settings.handlers)
+    except HandlerError as exc:
+        warn(str(exc))
+    unknown = sorted({s.kind for s in specs if not is_registered(s.kind)})
+    if unknown:
+        warn(
+            f"no handler registered here for kind(s) {', '.join(unknown)};"
+            " workers must load it (BRIDGE_HANDLERS) or these tasks will fail"
+        )
+
+
+def _nudge(settings: Settings) -> None:
+    """Wake a running dispatcher at once; without Redis it finds the tasks on its own."""
+    try:
+        import redis
+
+        client = redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=0.3, socket_timeout=0.3
+        )
+        Broker(client, settings.queue).nudge()
+    except (RedisError, ValueError, OSError):
+        pass
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+def _status_option(value: str | None) -> TaskStatus | None:
+    if value is None:
+        return None
+    try:
+        return TaskStatus(value)
+    except ValueError:
+        fail(f"unknown status {value!r} (one of: {', '.join(s.value for s in TaskStatus)})", 2)
+
+
+@cli.command("list")
+@click.option("--status", help="Only tasks in this state.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def list_(context: Context, status: str | None, as_json: bool) -> None:
+    """List tasks in the order they were added."""
+    wanted = _status_option(status)
+    with store.reading(context.engine) as session:
+        tasks = store.list_tasks(session=session, status=wanted)
+        if as_json:
+            render.print_json([store.task_dict(t) for t in tasks])
+        else:
+            render.console().print(render.tasks_table(tasks))
+
+
+@cli.command()
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def show(context: Context, task_id: str, as_json: bool) -> None:
+    """Show one task, and why it is in its state."""
+    with store.reading(context.engine) as session:
+        task = store.require_task(session=session, task_id=task_id)
+        deps = store.dependency_states(session=session, task_id=task_id)
+        if as_json:
+            data = store.task_dict(task)
+            data["why"] = render.explain(task, deps)
+            render.print_json(data)
+        else:
+            render.console().print(render.task_detail(task, deps))
+
+
+@cli.command()
+@click.argument("task_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def events(context: Context, task_id: str | None, as_json: bool) -> None:
+    """The audit trail: every state change (of one task, or all)."""
+    with store.reading(context.engine) as session:
+        if task_id is not None:
+            store.require_task(session=session, task_id=task_id)
+        rows = store.list_events(session=session, task_id=task_id)
+        if as_json:
+            render.print_json([render.event_dict(e) for e in rows])
+        else:
+            render.console().print(render.events_table(rows))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def slots(context: Context, as_json: bool) -> None:
+    """The worker slots: which task holds each."""
+    with store.reading(context.engine) as session:
+        rows = store.list_slots(session=session)
+        if as_json:
+            render.print_json([render.slot_dict(s) for s in rows])
+        else:
+            render.console().print(render.slots_table(rows))
+
+
+# ------------------------------------------------------------------------------ admin
+
+
+@cli.command()
+@click.argument("task_id")
+@pass_context
+def retry(context: Context, task_id: str) -> None:
+    """Put a failed or cancelled task back to available (its history is kept)."""
+    with store.writing(context.engine) as session:
+        store.retry_task(session=session, task_id=task_id)
+    _nudge(context.settings)
+    click.echo(f"task {task_id!r} is available again")
+
+
+@cli.command()
+@click.argument("task_id")
+@pass_context
+def cancel(context: Context, task_id: str) -> None:
+    """Cancel a task; a queued job is removed, a running one is asked to stop."""
+    with store.writing(context.engine) as session:
+        cancelled = store.cancel_task(session=session, task_id=task_id)
+    message = f"task {task_id!r} cancelled"
+    if cancelled.job_id is not None:
+        try:
+            broker = context.broker()
+            outcome = broker.cancel(
+                cancelled.job_id, running=cancelled.previous is TaskStatus.WORKING
+            )
+            message += f"; {outcome}"
+        except (BrokerError, RedisError) as exc:
+            message += f"; Redis not reachable ({exc}), any result it sends will be ignored"
+    click.echo(message)
+
+
+@cli.command()
+@click.option("--yes", is_flag=True, help="Really delete every task.")
+@pass_context
+def clean(context: Context, yes: bool) -> None:
+    """Delete all tasks and their history, and reset the slots."""
+    if not yes:
+        fail("this deletes every task and its history; add --yes to confirm", 2)
+    with store.writing(context.engine) as session:
+        count = store.clean(session=session)
+    try:
+        context.broker().purge()
+    except (BrokerError, RedisError):
+        pass
+    click.echo(f"deleted {count} task(s)")
+
+
+# ------------------------------------------------------------------------------ services
+
+
+@cli.command()
+@click.option(
+    "--once", is_flag=True, help="One pass (recover, apply reports, dispatch), then exit."
+)
+@pass_context
+def dispatch(context: Context, once: bool) -> None:
+    """Run the dispatcher until SIGINT/SIGTERM."""
+    from bridge.dispatcher import serve, totals_line
+
+    engine = context.engine
+    broker = context.broker()
+    logging.getLogger("bridge").info(
+        "dispatching queue %r from %s to %s with %d slot(s)",
+        context.settings.queue,
+        redact_url(context.settings.database_url),
+        redact_url(context.settings.redis_url),
+        context.settings.slots,
+    )
+    try:
+        totals = serve(context.settings, engine, broker, once=once)
+    except RedisError as exc:
+        fail(f"lost Redis at {redact_url(context.settings.redis_url)}: {exc}")
+    logging.getLogger("bridge").info("dispatcher stopped: %s", totals_line(totals))
+
+
+@cli.command()
+@click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
+@click.option("--name", help="Worker name (default: RQ's).")
+@click.option("--quiet", is_flag=True, help="Log warnings only.")
+@pass_context
+def worker(context: Context, burst: bool, name: str | None, quiet: bool) -> None:
+    """Run an RQ worker on the bridge queue."""
+    from workers.process import run_worker
+
+    try:
+        run_worker(
+            context.settings, burst=burst, name=name, logging_level="WARNING" if quiet else "INFO"
+        )
+    except RedisError as exc:
+        fail(f"lost Redis at {redact_url(context.settings.redis_url)}: {exc}")
+
+
+@cli.command()
+@click.option("--timeout", type=float, help="Give up after this many seconds (exit 3).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@pass_context
+def wait(context: Context, timeout: float | None, quiet: bool) -> None:
+    """Wait for the graph: 0 all done, 1 nothing more can run, 3 timeout."""
+    from bridge.runner import EXIT_STUCK, EXIT_TIMEOUT, report_stuck, wait_for_graph
+
+    code = wait_for_graph(context.engine, timeout=timeout, show_progress=not quiet)
+    if code == EXIT_STUCK:
+        click.echo("stopped: nothing more can run", err=True)
+        for line in report_stuck(context.engine):
+            click.echo(f"  {line}", err=True)
+    elif code == EXIT_TIMEOUT:
+        click.echo(f"timed out after {timeout:g}s", err=True)
+    sys.exit(code)
+
+
+@cli.command()
+@click.argument("file_path", metavar="FILE")
+@click.option(
+    "--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Worker processes."
+)
+@pass_context
+def run(context: Context, file_path: str, workers: int) -> None:
+    """Add the graph in FILE (resuming if already added) and run it to the end."""
+    from bridge.runner import RunError, run_graph
+
+    specs = graph.parse_graph(_read(file_path), file_path)
+    result = add_specs(context, specs, skip_same=True)
+    click.echo(f"added {len(result.added)} task(s), {len(result.skipped)} already there")
+    try:
+        code = run_graph(context.settings, context.engine, [s.id for s in specs], workers)
+    except RunError as exc:
+        fail(str(exc))
+    sys.exit(code)
+
+
+def main() -> None:
+    """Entry point: turns every expected failure into one ``error:`` line."""
+    try:
+        code = cli.main(standalone_mode=False, prog_name="bridge")
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.UsageError as exc:
+        fail(exc.format_message().replace("\n", " "), 2)
+    except click.ClickException as exc:
+        fail(exc.format_message().replace("\n", " "), exc.exit_code)
+    except USER_ERRORS as exc:
+        fail(str(exc).replace("\n", " "))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,204 @@
+"""Task specifications and graph checks: pure, no I/O, so every rule about what
+may be added is tested without a database."""
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+SPEC_KEYS = frozenset(
+    {"id", "description", "kind", "payload", "dependencies", "priority", "max_attempts", "timeout"}
+)
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+
+
+class GraphError(ValueError):
+    """Input that cannot be added; the message is the one line the user sees."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    id: str
+    description: str = ""
+    kind: str = "noop"
+    payload: Any = None
+    dependencies: tuple[str, ...] = field(default=())
+    priority: int = 0
+    max_attempts: int = 1
+    timeout: int | None = None
+
+    def payload_json(self) -> str | None:
+        return None if self.payload is None else json.dumps(self.payload, ensure_ascii=False)
+
+
+def spec_from_mapping(raw: Mapping[str, Any], where: str = "task") -> TaskSpec:
+    """Build a spec from a JSON object, refusing anything ambiguous."""
+    unknown = sorted(set(raw) - SPEC_KEYS)
+    if unknown:
+        raise GraphError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    task_id = raw.get("id")
+    if not isinstance(task_id, str):
+        raise GraphError(f"{where}: 'id' must be a string")
+    deps = raw.get("dependencies") or []
+    if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+        raise GraphError(f"{where}: 'dependencies' must be a list of task ids")
+    return make_spec(
+        task_id=task_id,
+        description=_typed(raw, "description", str, "", where),
+        kind=_typed(raw, "kind", str, "noop", where),
+        payload=raw.get("payload"),
+        dependencies=deps,
+        priority=_typed(raw, "priority", int, 0, where),
+        max_attempts=_typed(raw, "max_attempts", int, 1, where),
+        timeout=_typed(raw, "timeout", int, None, where),
+    )
+
+
+def make_spec(
+    *,
+    task_id: str,
+    description: str = "",
+    kind: str = "noop",
+    payload: Any = None,
+    dependencies: Iterable[str] = (),
+    priority: int = 0,
+    max_attempts: int = 1,
+    timeout: int | None = None,
+) -> TaskSpec:
+    if not task_id or not task_id.strip():
+        raise GraphError("task id must not be empty")
+    if not kind:
+        raise GraphError(f"task {task_id!r}: kind must not be empty")
+    if max_attempts < 1:
+        raise GraphError(f"task {task_id!r}: max_attempts must be at least 1")
+    if timeout is not None and timeout < 1:
+        raise GraphError(f"task {task_id!r}: timeout must be at least 1 second")
+    unique_deps: list[str] = []
+    for dep in dependencies:
+        if dep not in unique_deps:
+            unique_deps.append(dep)
+    return TaskSpec(
+        id=task_id,
+        description=description,
+        kind=kind,
+        payload=payload,
+        dependencies=tuple(unique_deps),
+        priority=priority,
+        max_attempts=max_attempts,
+        timeout=timeout,
+    )
+
+
+def _typed(raw: Mapping[str, Any], key: str, kind: type, default: Any, where: str) -> Any:
+    value = raw.get(key, default)
+    if value is None:
+        return default
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise GraphError(f"{where}: {key!r} must be {'an integer' if kind is int else 'a string'}")
+    return value
+
+
+def parse_graph(text: str, source: str = "file") -> list[TaskSpec]:
+    """Parse a JSON graph file: a list of task objects."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GraphError(f"{source} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    if not isinstance(data, list):
+        raise GraphError(f"{source} must hold a JSON list of task objects")
+    specs = []
+    for index, raw in enumerate(data):
+        if not isinstance(raw, dict):
+            raise GraphError(f"{source}: item {index} is not an object")
+        label = f"{source}: item {index}" + (
+            f" ({raw['id']!r})" if isinstance(raw.get("id"), str) else ""
+        )
+        specs.append(spec_from_mapping(raw, label))
+    return specs
+
+
+def parse_payload(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GraphError(f"--payload is not valid JSON: {exc.msg}") from None
+
+
+def check_new_graph(
+    specs: list[TaskSpec],
+    *,
+    existing: Iterable[str],
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+) -> None:
+    """Refuse duplicates, unknown dependencies, oversize payloads and cycles.
+
+    ``existing`` holds the ids already stored that the new specs refer to. A cycle
+    can only close among new tasks: stored tasks never depend on tasks added later.
+    """
+    new_ids: set[str] = set()
+    for spec in specs:
+        if spec.id in new_ids:
+            raise GraphError(f"duplicate task id {spec.id!r}")
+        new_ids.add(spec.id)
+        payload = spec.payload_json()
+        if payload is not None and len(payload.encode()) > max_payload:
+            raise GraphError(
+                f"task {spec.id!r}: payload is {len(payload.encode())} bytes,"
+                f" over the limit of {max_payload}"
+            )
+    known = set(existing)
+    for spec in specs:
+        for dep in spec.dependencies:
+            if dep == spec.id:
+                raise GraphError(f"task {spec.id!r} depends on itself")
+            if dep not in new_ids and dep not in known:
+                raise GraphError(f"task {spec.id!r} depends on unknown task {dep!r}")
+    cycle = find_cycle(specs)
+    if cycle:
+        raise GraphError("dependency cycle: " + " -> ".join(repr(t) for t in cycle))
+
+
+def find_cycle(specs: list[TaskSpec]) -> list[str] | None:
+    """A cycle among the specs (first id repeated at the end), or None. Kahn's algorithm."""
+    ids = {spec.id for spec in specs}
+    deps = {spec.id: [d for d in spec.dependencies if d in ids] for spec in specs}
+    waiting = {task: len(d) for task, d in deps.items()}
+    dependents: dict[str, list[str]] = {}
+    for task, task_deps in deps.items():
+        for dep in task_deps:
+            dependents.setdefault(dep, []).append(task)
+    ready = [task for task, count in waiting.items() if count == 0]
+    while ready:
+        task = ready.pop()
+        for child in dependents.get(task, ()):
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                ready.append(child)
+        del waiting[task]
+    if not waiting:
+        return None
+    # Every task left waits on another task left: walking dependencies must loop.
+    start = next(iter(waiting))
+    path: list[str] = []
+    seen: dict[str, int] = {}
+    node = start
+    while node not in seen:
+        seen[node] = len(path)
+        path.append(node)
+        node = next(d for d in deps[node] if d in waiting)
+    return path[seen[node] :] + [node]
+
+
+def same_definition(spec: TaskSpec, stored: TaskSpec) -> bool:
+    """Whether re-adding ``spec`` over ``stored`` is a harmless repeat (``bridge run`` resumes)."""
+    return (
+        spec.description == stored.description
+        and spec.kind == stored.kind
+        and spec.payload == stored.payload
+        and list(spec.dependencies) == list(stored.dependencies)
+        and spec.priority == stored.priority
+        and spec.max_attempts == stored.max_attempts
+        and spec.timeout == stored.timeout
+    )

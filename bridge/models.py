@@ -1,0 +1,104 @@
+"""The tables. ``tasks`` and ``worker_slots`` keep the seed schema's names and
+columns; everything else is an addition the seed allows.
+
+Times are ISO-8601 UTC text (``YYYY-MM-DD HH:MM:SS.ffffff``), as the seed's
+``created_at TEXT``: they sort as strings, on SQLite and elsewhere alike.
+"""
+
+from sqlalchemy import Column, Index, Integer, Text, text
+from sqlmodel import Field, SQLModel
+
+
+class Task(SQLModel, table=True):
+    __tablename__ = "tasks"
+
+    id: str = Field(primary_key=True)
+    description: str = Field(default="", sa_column_kwargs={"nullable": False})
+    status: str = Field(sa_column_kwargs={"nullable": False})
+    worker: str | None = None
+    dependencies: str | None = Field(default=None, sa_column=Column(Text))
+    """JSON array of task ids, as declared; readiness uses ``task_edges`` instead."""
+    output: str | None = Field(default=None, sa_column=Column(Text))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    started_at: str | None = None
+    completed_at: str | None = None
+    created_at: str | None = Field(
+        default=None, sa_column_kwargs={"server_default": text("CURRENT_TIMESTAMP")}
+    )
+    kind: str = Field(default="noop", sa_column_kwargs={"nullable": False})
+    payload: str | None = Field(default=None, sa_column=Column(Text))
+    priority: int = Field(default=0, sa_column_kwargs={"nullable": False})
+    attempts: int = Field(default=0, sa_column_kwargs={"nullable": False})
+    """Dispatches so far; the current attempt is the fencing token of every report."""
+    max_attempts: int = Field(default=1, sa_column_kwargs={"nullable": False})
+    failures: int = Field(default=0, sa_column_kwargs={"nullable": False})
+    """Attempts whose handler failed (a lost job is re-sent without counting here)."""
+    timeout: int | None = None
+    pending_deps: int = Field(default=0, sa_column_kwargs={"nullable": False})
+    """Dependencies not yet done: the task is ready when this is 0."""
+    seq: int = Field(default=0, sa_column_kwargs={"nullable": False})
+    """Insertion order, the tie-breaker after priority."""
+    job_id: str | None = None
+    queued_at: str | None = None
+    not_before: str | None = None
+    """Earliest dispatch time of a task waiting out a retry backoff."""
+    updated_at: str | None = None
+    note: str | None = Field(default=None, sa_column=Column(Text))
+    """Why the task is in its state, when that is not obvious (shown by ``bridge show``)."""
+
+
+Index("ix_tasks_status", Task.__table__.c.status)
+Index("ix_tasks_seq", Task.__table__.c.seq)
+Index(
+    "ix_tasks_ready",
+    Task.__table__.c.priority.desc(),
+    Task.__table__.c.seq,
+    sqlite_where=text("status = 'available' AND pending_deps = 0"),
+    postgresql_where=text("status = 'available' AND pending_deps = 0"),
+)
+
+
+class TaskEdge(SQLModel, table=True):
+    """One row per dependency: ``task_id`` waits for ``depends_on``."""
+
+    __tablename__ = "task_edges"
+
+    task_id: str = Field(primary_key=True, foreign_key="tasks.id")
+    depends_on: str = Field(primary_key=True, foreign_key="tasks.id", index=True)
+
+
+class TaskEvent(SQLModel, table=True):
+    """The audit trail: one row per state change, and per ignored report."""
+
+    __tablename__ = "task_events"
+
+    id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True))
+    task_id: str = Field(foreign_key="tasks.id", index=True)
+    from_status: str | None = None
+    to_status: str
+    attempt: int = 0
+    worker: str | None = None
+    at: str
+    detail: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class WorkerSlot(SQLModel, table=True):
+    __tablename__ = "worker_slots"
+
+    slot: int = Field(primary_key=True)
+    worker_id: str | None = None
+    active: int = Field(default=0, sa_column_kwargs={"nullable": False, "server_default": "0"})
+    task_id: str | None = None
+    updated_at: str | None = Field(
+        default=None, sa_column_kwargs={"server_default": text("CURRENT_TIMESTAMP")}
+    )
+
+
+class Lease(SQLModel, table=True):
+    """A named lease in the database, e.g. the one dispatcher allowed to dispatch."""
+
+    __tablename__ = "leases"
+
+    name: str = Field(primary_key=True)
+    holder: str
+    expires_at: float

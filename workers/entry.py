@@ -1,0 +1,76 @@
+"""The job RQ runs for every task: report start, run the handler, report the outcome.
+
+It never opens the database: everything goes back through Redis, so a worker
+host needs only Redis. While the handler runs, a thread renews a heartbeat key;
+if the process dies (SIGKILL, OOM), the key expires and the dispatcher knows.
+"""
+
+import json
+import os
+import socket
+import threading
+import traceback
+from datetime import datetime, timezone
+from typing import Any
+
+from rq import get_current_job
+
+from bridge.broker import publish
+from bridge.messages import Report, cancel_key, heartbeat_key, output_json, truncate
+from bridge.states import ReportKind
+from workers.registry import get_handler
+
+HEARTBEAT_TTL = 10
+"""Seconds a heartbeat lives; the dispatcher declares a worker dead once it expires."""
+HEARTBEAT_EVERY = 2.0
+
+
+def run_task(task_id: str, attempt: int, kind: str, payload: str | None, max_output: int) -> None:
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("run_task must run inside an RQ worker")
+    client = job.connection
+    queue = job.origin
+    worker = job.worker_name or f"{socket.gethostname()}.{os.getpid()}"
+    if client.exists(cancel_key(queue, job.id)):
+        return  # cancelled before it started; the database already says so
+    alive = heartbeat_key(queue, job.id)
+    client.set(alive, worker, ex=HEARTBEAT_TTL)
+    stop = threading.Event()
+    beat = threading.Thread(target=_beat, args=(client, alive, worker, stop), daemon=True)
+    beat.start()
+    try:
+        publish(client, queue, Report(task_id, attempt, ReportKind.STARTED, worker, at=_now()))
+        try:
+            value = get_handler(kind)(None if payload is None else json.loads(payload))
+            output = output_json(value, max_output)
+        except Exception as exc:
+            report = Report(
+                task_id,
+                attempt,
+                ReportKind.FAILED,
+                worker,
+                error=truncate(f"{type(exc).__name__}: {exc}", max_output),
+                traceback=truncate(traceback.format_exc(), max_output),
+                at=_now(),
+            )
+        else:
+            report = Report(
+                task_id, attempt, ReportKind.SUCCEEDED, worker, output=output, at=_now()
+            )
+        publish(client, queue, report)
+    finally:
+        stop.set()
+        # The heartbeat key is left to expire: the dispatcher reads the report first.
+
+
+def _beat(client: Any, key: str, worker: str, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_EVERY):
+        try:
+            client.set(key, worker, ex=HEARTBEAT_TTL)
+        except Exception:  # Redis gone for a moment: the job's own report will tell
+            pass
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")

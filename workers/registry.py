@@ -1,0 +1,74 @@
+"""The handler registry: the only code a worker runs is code registered here.
+
+A task names its handler by ``kind``; no import path, pickle or shell command
+ever comes from task data. A second registration under the same name fails at
+import time, so a typo shows at start-up rather than when the task runs.
+"""
+
+import importlib
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+Handler = Callable[[Any], Any]
+F = TypeVar("F", bound=Handler)
+
+_HANDLERS: dict[str, Handler] = {}
+
+
+class HandlerError(LookupError):
+    """No handler is registered for a task's kind, or a handler module will not load."""
+
+
+def handler(name: str) -> Callable[[F], F]:
+    """Register a function as the handler of tasks of kind ``name``.
+
+    The function takes the task's JSON payload (``None`` when there is none) and
+    returns a JSON-serialisable value, stored as the task's output.
+    """
+    if not name or not isinstance(name, str):
+        raise ValueError("a handler needs a non-empty name")
+
+    def register(function: F) -> F:
+        existing = _HANDLERS.get(name)
+        if existing is not None and existing is not function:
+            raise ValueError(
+                f"a handler named {name!r} is already registered"
+                f" ({existing.__module__}.{existing.__qualname__})"
+            )
+        _HANDLERS[name] = function
+        return function
+
+    return register
+
+
+def get_handler(name: str) -> Handler:
+    _load_builtins()
+    try:
+        return _HANDLERS[name]
+    except KeyError:
+        known = ", ".join(sorted(_HANDLERS)) or "none"
+        raise HandlerError(f"no handler registered for kind {name!r} (known: {known})") from None
+
+
+def is_registered(name: str) -> bool:
+    _load_builtins()
+    return name in _HANDLERS
+
+
+def registered() -> list[str]:
+    _load_builtins()
+    return sorted(_HANDLERS)
+
+
+def load_modules(modules: Iterable[str]) -> None:
+    """Import the user's handler modules (``BRIDGE_HANDLERS``), failing loudly."""
+    _load_builtins()
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            raise HandlerError(f"cannot import handler module {module!r}: {exc}") from None
+
+
+def _load_builtins() -> None:
+    importlib.import_module("workers.builtin")
