@@ -1,0 +1,63 @@
+"""Shared fixtures: a private redis-server per test, a SQLite file per test, the real CLI.
+
+Every ``BRIDGE_*`` variable of the developer's shell is removed at import, so
+the shell cannot leak settings into a test.
+"""
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+for _name in [n for n in os.environ if n.startswith("BRIDGE_")]:
+    del os.environ[_name]
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import Processes  # noqa: E402
+
+from bridge.redis_server import PrivateRedis  # noqa: E402
+
+
+@pytest.fixture
+def redis_server() -> Iterator[PrivateRedis]:
+    """A throwaway redis-server on a free port; never the shared one on 6379."""
+    server = PrivateRedis().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "bridge.db"
+
+
+@pytest.fixture
+def db_url(db_path: Path) -> str:
+    return f"sqlite:///{db_path}"
+
+
+@pytest.fixture
+def bridge_env(tmp_path: Path, db_url: str, redis_server: PrivateRedis) -> dict[str, str]:
+    """The environment of a real ``bridge`` process in this test's sandbox."""
+    return {
+        **os.environ,
+        "BRIDGE_DATABASE_URL": db_url,
+        "BRIDGE_REDIS_URL": redis_server.url,
+        "BRIDGE_HANDLERS": "test_handlers",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    }
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """Starts real bridge processes and kills whatever is left at the end."""
+    procs = Processes(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.kill_all()

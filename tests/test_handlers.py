@@ -1,0 +1,25 @@
+"""Handlers used by tests; workers import this module through BRIDGE_HANDLERS."""
+
+import os
+import time
+from typing import Any
+
+from workers import handler
+
+
+@handler("record")
+def record(payload: Any) -> dict[str, Any]:
+    """Append one line per run to a file, so tests count side effects exactly."""
+    payload = payload or {}
+    with open(payload["log"], "a", encoding="utf-8") as log:
+        log.write(f"{payload.get('name', '?')} {time.time():.6f} {os.getpid()}\n")
+        log.flush()
+        os.fsync(log.fileno())
+    if payload.get("sleep"):
+        time.sleep(float(payload["sleep"]))
+    return {"name": payload.get("name"), "value": payload.get("value")}
+
+
+@handler("sum_inputs")
+def sum_inputs(payload: Any) -> int:
+    return sum(payload.get("values", [])) if isinstance(payload, dict) else 0
