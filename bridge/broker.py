@@ -166,9 +166,9 @@ class Broker:
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
-            self.ensure_group()  # Redis lost the stream: start a new one
+            self.ensure_group()  # Redis lost the stream: read it anew from the start
             self._pending_first = True
-            return []
+            return self._read(consumer, block_ms=block_ms, count=count)
 
     def _read(self, consumer: str, *, block_ms: int, count: int) -> list[Incoming]:
         if self._pending_first:
