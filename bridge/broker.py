@@ -25,6 +25,7 @@ from bridge.messages import (
     heartbeat_key,
     reports_key,
 )
+from bridge.recovery import JobState, parse_time
 from bridge.settings import redact_url
 
 log = logging.getLogger(__name__)
@@ -105,25 +106,37 @@ class Broker:
             self.queue.enqueue_many(data, pipeline=pipe)
             pipe.execute()
 
-    def missing_jobs(self, job_ids: Sequence[str]) -> set[str]:
-        """The job ids Redis no longer knows (flushed, restarted, expired)."""
+    def job_states(self, job_ids: Sequence[str]) -> dict[str, JobState]:
+        """What Redis knows of each job, in one round trip (``recovery.judge`` decides)."""
         if not job_ids:
-            return set()
+            return {}
+        intermediate = self.queue.intermediate_queue_key
         with self.client.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.exists(Job.key_for(job_id))
-            found = pipe.execute()
-        return {job_id for job_id, exists in zip(job_ids, found, strict=True) if not exists}
-
-    def silent_jobs(self, job_ids: Sequence[str]) -> set[str]:
-        """Running jobs whose worker stopped renewing its heartbeat: the worker died."""
-        if not job_ids:
-            return set()
-        with self.client.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
+                pipe.hmget(Job.key_for(job_id), "status", "started_at")
+                pipe.lpos(self.queue.key, job_id)
+                pipe.lpos(intermediate, job_id)
                 pipe.exists(heartbeat_key(self.queue_name, job_id))
-            found = pipe.execute()
-        return {job_id for job_id, alive in zip(job_ids, found, strict=True) if not alive}
+            answers = pipe.execute()
+        states = {}
+        for index, job_id in enumerate(job_ids):
+            (status, started), in_queue, picked, alive = answers[index * 4 : index * 4 + 4]
+            states[job_id] = JobState(
+                exists=status is not None,
+                status=status.decode() if status else None,
+                started_at=parse_time(started.decode()) if started else None,
+                waiting=in_queue is not None or picked is not None,
+                heartbeat=bool(alive),
+            )
+        return states
+
+    def withdraw(self, job_ids: Sequence[str]) -> None:
+        """Take superseded jobs out of the queue so an old attempt does not run too."""
+        if job_ids:
+            with self.client.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.lrem(self.queue.key, 0, job_id)
+                pipe.execute()
 
     def run_id(self) -> str:
         """Redis's run id: a new one means Redis restarted and may have lost everything."""

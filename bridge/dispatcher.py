@@ -15,17 +15,19 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from types import FrameType
 
 from redis.exceptions import RedisError
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from bridge import store
 from bridge.broker import Broker
 from bridge.messages import Report
+from bridge.recovery import Flight, JobState, Limits, judge
 from bridge.settings import Settings
-from bridge.states import ReportKind, TaskStatus
+from bridge.states import ReportKind
 
 log = logging.getLogger("bridge.dispatcher")
 
@@ -37,6 +39,10 @@ LOST_JOB_GRACE = 5.0
 """A job id missing from Redis this long after its dispatch means Redis lost it."""
 TIMEOUT_MARGIN = 30.0
 """A task still ``working`` this long past its timeout is failed as stuck."""
+QUEUE_TIMEOUT = 600.0
+"""A job waiting in the queue this long is withdrawn and sent again."""
+LEASE_MARGIN = 5.0
+"""Dispatch only while the lease has this long left, so a successor cannot overlap."""
 MAX_BLOCK = 0.5
 """Longest blocking read on the report stream, so stop requests are seen quickly."""
 
@@ -94,6 +100,8 @@ class Dispatcher:
     def start(self, totals: TickStats | None = None) -> None:
         """Apply what a crashed predecessor left unacknowledged, rebuild slots, reconcile."""
         totals = totals or TickStats()
+        if not self._renew_lease():
+            raise store.StoreError("another dispatcher holds the lease for this queue")
         self.broker.ensure_group()
         self._run_id = self.broker.run_id()
         while True:  # drain every pending report before judging what is in flight
@@ -120,9 +128,9 @@ class Dispatcher:
                 )
                 stats.applied = sum(1 for a in applied if a.target is not None)
                 stats.ignored = len(applied) - stats.applied
-            dispatches = (
-                store.claim_ready(session=session, slots=self.settings.slots) if claim else []
-            )
+            dispatches = []
+            if claim and self._holds_lease(session):
+                dispatches = store.claim_ready(session=session, slots=self.settings.slots)
         self.broker.ack([m.message_id for m in incoming])
         self.broker.enqueue(dispatches)
         stats.dispatched = len(dispatches)
@@ -161,56 +169,55 @@ class Dispatcher:
             totals.recovered += self.reconcile(grace=LOST_JOB_GRACE)
 
     def reconcile(self, *, grace: float) -> int:
-        """Re-dispatch tasks whose job Redis lost; fail attempts whose worker died or hung.
+        """Resolve every task in flight that Redis disagrees with (``recovery.judge``).
 
-        Returns how many tasks it acted on.
+        Lost jobs are sent again as a new attempt; attempts whose worker died or
+        hung are failed (and retried if attempts are left). Returns how many.
         """
         with store.reading(self.engine) as session:
             flights = store.in_flight(session=session)
         if not flights:
             return 0
-        cutoff = store.stamp(datetime.now(timezone.utc) - timedelta(seconds=grace))
-        old = [f for f in flights if f.job_id and (f.queued_at or "") <= cutoff]
-        lost_ids = self.broker.missing_jobs([f.job_id for f in old if f.job_id])
-        lost = [f for f in old if f.job_id in lost_ids]
-        working = [
-            f for f in flights if f.status is TaskStatus.WORKING and f.job_id not in lost_ids
-        ]
-        dead_ids = self.broker.silent_jobs([f.job_id for f in working if f.job_id])
-        failures = [
-            _synthetic_failure(
-                f,
-                f"WorkerLost: worker {f.worker or '?'} stopped sending heartbeats"
-                f" while running attempt {f.attempt} (killed or crashed)",
-            )
-            for f in working
-            if f.job_id in dead_ids
-        ]
-        failures += [
-            _synthetic_failure(
-                f,
-                f"TimeoutError: still working {TIMEOUT_MARGIN:g}s past its timeout of {f.timeout}s",
-            )
-            for f in working
-            if f.job_id not in dead_ids and _overdue(f)
-        ]
+        jobs = self.broker.job_states([f.job_id for f in flights if f.job_id])
+        limits = Limits(grace=grace, queue_timeout=QUEUE_TIMEOUT, timeout_margin=TIMEOUT_MARGIN)
+        moment = datetime.now(timezone.utc)
+        resend: dict[str, list[Flight]] = {}
+        failures: list[Report] = []
+        for flight in flights:
+            job = jobs.get(flight.job_id or "", JobState(exists=False))
+            verdict = judge(flight, job, now=moment, limits=limits)
+            if verdict is None:
+                continue
+            if verdict.redispatch:
+                resend.setdefault(verdict.reason, []).append(flight)
+            else:
+                failures.append(
+                    Report(
+                        flight.task_id,
+                        flight.attempt,
+                        ReportKind.FAILED,
+                        flight.worker,
+                        error=verdict.reason,
+                    )
+                )
+        if not resend and not failures:
+            return 0
         dispatches = []
         with store.writing(self.engine) as session:
-            if lost:
-                dispatches = store.redispatch(
-                    session=session, tasks=lost, reason="re-dispatched: its job was lost by Redis"
-                )
+            if not self._holds_lease(session):
+                return 0
+            for reason, group in resend.items():
+                dispatches += store.redispatch(session=session, tasks=group, reason=reason)
             if failures:
                 store.apply_reports(
                     session=session, reports=failures, max_output=self.settings.max_output
                 )
+        self.broker.withdraw([f.job_id for group in resend.values() for f in group if f.job_id])
         self.broker.enqueue(dispatches)
         for d in dispatches:
-            log.warning(
-                "task %r: job lost by Redis, sent again as attempt %d", d.task_id, d.attempt
-            )
+            log.warning("task %r sent again as attempt %d: %s", d.task_id, d.attempt, d.job_id)
         for r in failures:
-            log.warning("task %r attempt %d: %s", r.task_id, r.attempt, r.error)
+            log.warning("task %r attempt %d failed: %s", r.task_id, r.attempt, r.error)
         return len(dispatches) + len(failures)
 
     # ------------------------------------------------------------------ the lease
@@ -230,6 +237,15 @@ class Dispatcher:
                 announced = True
             self.stop_event.wait(1.0)
         return False
+
+    def _holds_lease(self, session: Session) -> bool:
+        """Checked inside the dispatching transaction: no overlap with a successor."""
+        return store.holds_lease(
+            session=session,
+            name=self.lease_name,
+            holder=self.name,
+            clock=time.time() + LEASE_MARGIN,
+        )
 
     def _renew_lease(self) -> bool:
         with store.writing(self.engine) as session:
@@ -255,17 +271,6 @@ class Dispatcher:
         totals.ignored += stats.ignored
         totals.dispatched += stats.dispatched
         totals.recovered += stats.recovered
-
-
-def _synthetic_failure(flight: store.InFlight, error: str) -> Report:
-    return Report(flight.task_id, flight.attempt, ReportKind.FAILED, flight.worker, error=error)
-
-
-def _overdue(flight: store.InFlight) -> bool:
-    if not flight.timeout or not flight.started_at:
-        return False
-    limit = _parse(flight.started_at) + timedelta(seconds=flight.timeout + TIMEOUT_MARGIN)
-    return datetime.now(timezone.utc) > limit
 
 
 def _parse(moment: str) -> datetime:

@@ -10,6 +10,8 @@ SPEC_KEYS = frozenset(
     {"id", "description", "kind", "payload", "dependencies", "priority", "max_attempts", "timeout"}
 )
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+"""What a database integer column holds."""
 
 
 class GraphError(ValueError):
@@ -67,6 +69,18 @@ def make_spec(
 ) -> TaskSpec:
     if not task_id or not task_id.strip():
         raise GraphError("task id must not be empty")
+    for name, value in (
+        ("priority", priority),
+        ("max_attempts", max_attempts),
+        ("timeout", timeout),
+    ):
+        if value is not None and not INT_MIN <= value <= INT_MAX:
+            raise GraphError(f"task {task_id!r}: {name} is out of range")
+    for value in (task_id, description, kind, *dependencies):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise GraphError(f"task {task_id!r}: text that is not valid Unicode") from None
     if not kind:
         raise GraphError(f"task {task_id!r}: kind must not be empty")
     if max_attempts < 1:
@@ -100,10 +114,7 @@ def _typed(raw: Mapping[str, Any], key: str, kind: type, default: Any, where: st
 
 def parse_graph(text: str, source: str = "file") -> list[TaskSpec]:
     """Parse a JSON graph file: a list of task objects."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise GraphError(f"{source} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    data = _load_json(text, source)
     if not isinstance(data, list):
         raise GraphError(f"{source} must hold a JSON list of task objects")
     specs = []
@@ -120,10 +131,23 @@ def parse_graph(text: str, source: str = "file") -> list[TaskSpec]:
 def parse_payload(text: str | None) -> Any:
     if text is None:
         return None
+    return _load_json(text, "--payload")
+
+
+def _load_json(text: str, source: str) -> Any:
+    """JSON that is valid, not absurdly nested, and storable as UTF-8 text."""
     try:
-        return json.loads(text)
+        data = json.loads(text)
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
     except json.JSONDecodeError as exc:
-        raise GraphError(f"--payload is not valid JSON: {exc.msg}") from None
+        raise GraphError(f"{source} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except RecursionError:
+        raise GraphError(f"{source} is nested too deeply") from None
+    except UnicodeEncodeError:
+        raise GraphError(
+            f"{source} holds text that is not valid Unicode (a lone surrogate)"
+        ) from None
+    return data
 
 
 def check_new_graph(

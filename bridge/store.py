@@ -22,6 +22,7 @@ from bridge import graph
 from bridge.graph import GraphError, TaskSpec
 from bridge.messages import Dispatch, Report, job_id_for, truncate
 from bridge.models import Lease, Task, TaskEdge, TaskEvent, WorkerSlot
+from bridge.recovery import Flight
 from bridge.states import (
     FINISHED_BADLY,
     IN_FLIGHT,
@@ -103,6 +104,8 @@ def _check_sqlite_path(database: str | None) -> None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return
     folder = os.path.dirname(os.path.abspath(database))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise StoreError(f"cannot open database {database!r}: {folder!r} is not a directory")
     if not os.path.isdir(folder):
         raise StoreError(f"cannot open database {database!r}: directory {folder!r} does not exist")
     if os.path.exists(database):
@@ -221,6 +224,11 @@ def add_tasks(
     With ``skip_same``, a task that already exists with the same definition is
     skipped (rerunning a file resumes); any other clash is an error.
     """
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.id in seen:
+            raise GraphError(f"duplicate task id {spec.id!r}")
+        seen.add(spec.id)
     conn = session.connection()
     referenced = sorted({s.id for s in specs} | {d for s in specs for d in s.dependencies})
     stored: dict[str, Any] = {}
@@ -602,19 +610,7 @@ def _mark_queued(
     )
 
 
-@dataclass(frozen=True)
-class InFlight:
-    task_id: str
-    status: TaskStatus
-    attempt: int
-    job_id: str | None
-    queued_at: str | None
-    started_at: str | None
-    timeout: int | None
-    worker: str | None
-
-
-def in_flight(*, session: Session) -> list[InFlight]:
+def in_flight(*, session: Session) -> list[Flight]:
     rows = session.connection().execute(
         select(
             TASKS.c.id,
@@ -628,7 +624,7 @@ def in_flight(*, session: Session) -> list[InFlight]:
         ).where(TASKS.c.status.in_([s.value for s in IN_FLIGHT]))
     )
     return [
-        InFlight(
+        Flight(
             r.id,
             TaskStatus(r.status),
             r.attempts,
@@ -642,7 +638,7 @@ def in_flight(*, session: Session) -> list[InFlight]:
     ]
 
 
-def redispatch(*, session: Session, tasks: Sequence[InFlight], reason: str) -> list[Dispatch]:
+def redispatch(*, session: Session, tasks: Sequence[Flight], reason: str) -> list[Dispatch]:
     """A new attempt for in-flight tasks whose job was lost; the old attempt is fenced off."""
     current = {
         r.id: r
@@ -848,6 +844,20 @@ def acquire_lease(*, session: Session, name: str, holder: str, ttl: float, clock
         return False
     conn.execute(insert(LEASES).values(name=name, holder=holder, expires_at=clock + ttl))
     return True
+
+
+def holds_lease(*, session: Session, name: str, holder: str, clock: float) -> bool:
+    """Whether ``holder`` has the lease until at least ``clock``."""
+    row = (
+        session.connection()
+        .execute(
+            select(LEASES.c.holder).where(
+                LEASES.c.name == name, LEASES.c.holder == holder, LEASES.c.expires_at > clock
+            )
+        )
+        .first()
+    )
+    return row is not None
 
 
 def release_lease(*, session: Session, name: str, holder: str) -> None:

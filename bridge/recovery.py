@@ -1,0 +1,97 @@
+"""How the dispatcher judges a task in flight against what Redis says: pure, no I/O.
+
+The database says a task is ``queued`` or ``working``; Redis may disagree (it
+lost the job, the worker died, the job hangs). Each rule below resolves one
+such disagreement, so that no task stays in flight forever.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from bridge.states import TaskStatus
+
+
+@dataclass(frozen=True)
+class Flight:
+    """A task in flight, as the database has it."""
+
+    task_id: str
+    status: TaskStatus
+    attempt: int
+    job_id: str | None
+    queued_at: str | None
+    started_at: str | None
+    timeout: int | None
+    worker: str | None
+
+
+@dataclass(frozen=True)
+class JobState:
+    """A job, as Redis has it."""
+
+    exists: bool
+    status: str | None = None
+    """RQ's job status: queued, started, finished, failed, stopped, canceled..."""
+    started_at: datetime | None = None
+    waiting: bool = False
+    """In the queue or RQ's intermediate queue (picked but not yet started)."""
+    heartbeat: bool = False
+    """The worker running it renewed its heartbeat within the TTL."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    redispatch: bool
+    """True: send again as a new attempt (not a failure). False: fail this attempt."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class Limits:
+    grace: float = 5.0
+    """Seconds after dispatch before Redis's view is trusted (the enqueue is in progress)."""
+    queue_timeout: float = 600.0
+    """Seconds a job may wait in the queue before it is sent again."""
+    timeout_margin: float = 30.0
+    """Seconds past a task's timeout before a still-working attempt is failed."""
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "")).replace(tzinfo=timezone.utc)
+
+
+def judge(flight: Flight, job: JobState, *, now: datetime, limits: Limits) -> Verdict | None:
+    """What to do with a task in flight, or None to leave it alone."""
+    queued_at = parse_time(flight.queued_at)
+    if queued_at is None or now - queued_at < timedelta(seconds=limits.grace):
+        return None
+    if not job.exists:
+        return Verdict(True, "re-dispatched: its job was lost by Redis")
+    started = job.started_at or parse_time(flight.started_at)
+    started_long_ago = started is not None and now - started > timedelta(seconds=limits.grace)
+    dead = not job.heartbeat and (job.status == "started" or flight.status is TaskStatus.WORKING)
+    if dead and (started_long_ago or flight.status is TaskStatus.WORKING):
+        return Verdict(
+            False,
+            f"WorkerLost: worker {flight.worker or '?'} stopped sending heartbeats"
+            f" while running attempt {flight.attempt} (killed or crashed)",
+        )
+    if flight.status is TaskStatus.WORKING:
+        if flight.timeout and started is not None:
+            limit = started + timedelta(seconds=flight.timeout + limits.timeout_margin)
+            if now > limit:
+                return Verdict(
+                    False,
+                    f"TimeoutError: still working {limits.timeout_margin:g}s past"
+                    f" its timeout of {flight.timeout}s",
+                )
+        return None
+    if job.status in ("failed", "stopped", "canceled"):
+        return Verdict(False, f"JobFailed: RQ marked the job {job.status} before it reported")
+    if job.status == "queued" and not job.waiting:
+        return Verdict(True, "re-dispatched: its job had left the queue without running")
+    if job.status == "queued" and now - queued_at > timedelta(seconds=limits.queue_timeout):
+        return Verdict(True, f"re-dispatched: queued for over {limits.queue_timeout:g}s")
+    return None
