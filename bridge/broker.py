@@ -222,3 +222,13 @@ class Broker:
 def publish(client: redis.Redis, queue: str, report: Report) -> None:
     """Append a worker's report to the stream (the worker side of the channel)."""
     client.xadd(reports_key(queue), report.encode())
+
+
+def nudge_quietly(url: str, queue: str) -> None:
+    """Best-effort wake-up of a dispatcher (after ``bridge add``); never fails, never waits long."""
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.3, socket_timeout=0.3)
+        Broker(client, queue).nudge()
+        client.close()
+    except (RedisError, ValueError, OSError):
+        pass

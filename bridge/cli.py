@@ -11,10 +11,9 @@ from typing import Any, NoReturn
 
 import click
 from redis.exceptions import RedisError
-from sqlalchemy.engine import Engine
 
 from bridge import graph, render, store
-from bridge.broker import Broker, BrokerError, connect
+from bridge.broker import Broker, BrokerError, connect, nudge_quietly
 from bridge.graph import GraphError
 from bridge.settings import (
     DEFAULT_DATABASE_URL,
@@ -36,10 +35,10 @@ class Context:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._engine: Engine | None = None
+        self._engine: store.Engine | None = None
 
     @property
-    def engine(self) -> Engine:
+    def engine(self) -> store.Engine:
         if self._engine is None:
             self._engine = store.open_engine(self.settings.database_url)
         return self._engine
@@ -210,15 +209,7 @@ def _warn_unknown_kinds(settings: Settings, specs: list[graph.TaskSpec]) -> None
 
 def _nudge(settings: Settings) -> None:
     """Wake a running dispatcher at once; without Redis it finds the tasks on its own."""
-    try:
-        import redis
-
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=0.3, socket_timeout=0.3
-        )
-        Broker(client, settings.queue).nudge()
-    except (RedisError, ValueError, OSError):
-        pass
+    nudge_quietly(settings.redis_url, settings.queue)
 
 
 # ------------------------------------------------------------------------------ reading

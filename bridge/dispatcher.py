@@ -19,8 +19,6 @@ from datetime import datetime, timezone
 from types import FrameType
 
 from redis.exceptions import RedisError
-from sqlalchemy.engine import Engine
-from sqlmodel import Session
 
 from bridge import store
 from bridge.broker import Broker
@@ -58,7 +56,7 @@ class TickStats:
 @dataclass
 class Dispatcher:
     settings: Settings
-    engine: Engine
+    engine: store.Engine
     broker: Broker
     name: str = field(
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -238,7 +236,7 @@ class Dispatcher:
             self.stop_event.wait(1.0)
         return False
 
-    def _holds_lease(self, session: Session) -> bool:
+    def _holds_lease(self, session: store.Session) -> bool:
         """Checked inside the dispatching transaction: no overlap with a successor."""
         return store.holds_lease(
             session=session,
@@ -277,7 +275,9 @@ def _parse(moment: str) -> datetime:
     return datetime.fromisoformat(moment).replace(tzinfo=timezone.utc)
 
 
-def serve(settings: Settings, engine: Engine, broker: Broker, *, once: bool = False) -> TickStats:
+def serve(
+    settings: Settings, engine: store.Engine, broker: Broker, *, once: bool = False
+) -> TickStats:
     """Run a dispatcher in this process until SIGINT/SIGTERM."""
     dispatcher = Dispatcher(settings, engine, broker)
     dispatcher.install_signal_handlers()

@@ -41,7 +41,8 @@ def spec_from_mapping(raw: Mapping[str, Any], where: str = "task") -> TaskSpec:
     task_id = raw.get("id")
     if not isinstance(task_id, str):
         raise GraphError(f"{where}: 'id' must be a string")
-    deps = raw.get("dependencies") or []
+    deps = raw.get("dependencies")
+    deps = [] if deps is None else deps
     if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
         raise GraphError(f"{where}: 'dependencies' must be a list of task ids")
     return make_spec(
@@ -134,10 +135,14 @@ def parse_payload(text: str | None) -> Any:
     return _load_json(text, "--payload")
 
 
+def _refuse_constant(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not JSON", name, 0)
+
+
 def _load_json(text: str, source: str) -> Any:
     """JSON that is valid, not absurdly nested, and storable as UTF-8 text."""
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_refuse_constant)
         json.dumps(data, ensure_ascii=False).encode("utf-8")
     except json.JSONDecodeError as exc:
         raise GraphError(f"{source} is not valid JSON: {exc.msg} at line {exc.lineno}") from None

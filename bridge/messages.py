@@ -123,4 +123,10 @@ def output_json(value: Any, limit: int) -> str:
     text = json.dumps(value, ensure_ascii=False, default=repr)
     if len(text.encode()) <= limit:
         return text
-    return json.dumps(truncate(text, limit), ensure_ascii=False)
+    budget = limit
+    while True:  # escaping may grow the string: shrink until the JSON fits
+        wrapped = json.dumps(truncate(text, budget), ensure_ascii=False)
+        overflow = len(wrapped.encode()) - limit
+        if overflow <= 0:
+            return wrapped
+        budget -= max(overflow, 16)

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from sqlalchemy.engine import Engine
 
 from bridge import store
 from bridge.broker import BrokerError, connect
@@ -43,7 +42,7 @@ def _describe(p: store.Progress) -> str:
 
 
 def wait_for_graph(
-    engine: Engine,
+    engine: store.Engine,
     *,
     timeout: float | None = None,
     show_progress: bool = True,
@@ -81,7 +80,7 @@ def wait_for_graph(
             time.sleep(POLL)
 
 
-def report_stuck(engine: Engine) -> list[str]:
+def report_stuck(engine: store.Engine) -> list[str]:
     """Lines naming the failed or cancelled tasks that stop the graph."""
     with store.reading(engine) as session:
         bad = [t for s in FINISHED_BADLY for t in store.list_tasks(session=session, status=s)]
@@ -180,7 +179,9 @@ def resolve_redis(settings: Settings) -> tuple[Settings, PrivateRedis | None]:
     return settings.with_(redis_url=private.url), private
 
 
-def run_graph(settings: Settings, engine: Engine, task_ids: Sequence[str], workers: int) -> int:
+def run_graph(
+    settings: Settings, engine: store.Engine, task_ids: Sequence[str], workers: int
+) -> int:
     settings, private = resolve_redis(settings)
     log_dir = Path(tempfile.mkdtemp(prefix="bridge-run-"))
     supervisor = Supervisor(settings, workers, log_dir)

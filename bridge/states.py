@@ -81,7 +81,7 @@ BACKOFF_CAP = 300.0
 
 def backoff_seconds(failures: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
     """Exponential backoff after the ``failures``-th failed attempt (1-based)."""
-    return min(cap, base * (2 ** max(0, failures - 1)))
+    return min(cap, base * 2.0 ** min(max(0, failures - 1), 64))
 
 
 @dataclass(frozen=True)

@@ -527,13 +527,24 @@ def _release_slots(session: Session, task_ids: Sequence[str], at: str) -> None:
 # --------------------------------------------------------------------------- dispatching
 
 
-_READY_SQL = text(
-    "SELECT id, kind, payload, timeout, attempts FROM tasks"
+_READY_SQL = (
+    "SELECT id, kind, payload, timeout, attempts FROM tasks{hint}"
     " WHERE status = 'available' AND pending_deps = 0"
     " AND (not_before IS NULL OR not_before <= :now)"
     " ORDER BY priority DESC, seq LIMIT :limit"
 )
-"""Literal status and count so SQLite can use the partial index ``ix_tasks_ready``."""
+"""Literal status and count so the partial index ``ix_tasks_ready`` applies. SQLite
+needs the hint: without ANALYZE statistics its planner prefers ``ix_tasks_status``
+and sorts every available task, blocked ones included, on every tick."""
+_READY = {
+    "sqlite": text(_READY_SQL.format(hint=" INDEXED BY ix_tasks_ready")),
+    "other": text(_READY_SQL.format(hint="")),
+}
+
+
+def _ready_query(session: Session) -> Any:
+    dialect = session.get_bind().dialect.name
+    return _READY["sqlite" if dialect == "sqlite" else "other"]
 
 
 def claim_ready(*, session: Session, slots: int) -> list[Dispatch]:
@@ -553,7 +564,7 @@ def claim_ready(*, session: Session, slots: int) -> list[Dispatch]:
     if not free:
         return []
     at = now()
-    rows = conn.execute(_READY_SQL, {"now": at, "limit": len(free)}).all()
+    rows = conn.execute(_ready_query(session), {"now": at, "limit": len(free)}).all()
     if not rows:
         return []
     dispatches = [
@@ -562,7 +573,7 @@ def claim_ready(*, session: Session, slots: int) -> list[Dispatch]:
         )
         for r in rows
     ]
-    _mark_queued(session, dispatches, "available", at, "dispatched")
+    _mark_queued(session, dispatches, ["available"] * len(dispatches), at, "dispatched", None)
     conn.execute(
         update(SLOTS)
         .where(SLOTS.c.slot == bindparam("b_slot"))
@@ -573,30 +584,42 @@ def claim_ready(*, session: Session, slots: int) -> list[Dispatch]:
 
 
 def _mark_queued(
-    session: Session, dispatches: Sequence[Dispatch], source: str | None, at: str, detail: str
+    session: Session,
+    dispatches: Sequence[Dispatch],
+    sources: Sequence[str],
+    at: str,
+    detail: str,
+    note: str | None,
 ) -> None:
-    """Commit ``queued`` for a new attempt; ``source`` None means from any in-flight state."""
-    stmt = update(TASKS).where(
-        TASKS.c.id == bindparam("b_id"), TASKS.c.attempts == bindparam("b_prev")
-    )
-    if source is not None:
-        stmt = stmt.where(TASKS.c.status == source)
-    else:
-        stmt = stmt.where(TASKS.c.status.in_([s.value for s in IN_FLIGHT]))
-    stmt = stmt.values(
-        status="queued",
-        attempts=bindparam("b_attempt"),
-        job_id=bindparam("b_job"),
-        queued_at=at,
-        updated_at=at,
-        not_before=None,
-        worker=None,
-        started_at=None,
-        note=None if source == "available" else detail,
+    """Commit ``queued`` for a new attempt, each task guarded on its status and attempt."""
+    stmt = (
+        update(TASKS)
+        .where(
+            TASKS.c.id == bindparam("b_id"),
+            TASKS.c.attempts == bindparam("b_prev"),
+            TASKS.c.status == bindparam("b_src"),
+        )
+        .values(
+            status="queued",
+            attempts=bindparam("b_attempt"),
+            job_id=bindparam("b_job"),
+            queued_at=at,
+            updated_at=at,
+            not_before=None,
+            worker=None,
+            started_at=None,
+            note=note,
+        )
     )
     params = [
-        {"b_id": d.task_id, "b_prev": d.attempt - 1, "b_attempt": d.attempt, "b_job": d.job_id}
-        for d in dispatches
+        {
+            "b_id": d.task_id,
+            "b_prev": d.attempt - 1,
+            "b_src": source,
+            "b_attempt": d.attempt,
+            "b_job": d.job_id,
+        }
+        for d, source in zip(dispatches, sources, strict=True)
     ]
     changed = session.connection().execute(stmt, params).rowcount
     if changed != len(dispatches):
@@ -604,8 +627,8 @@ def _mark_queued(
     _record(
         session,
         [
-            _event(d.task_id, source or "in flight", "queued", d.attempt, at, detail)
-            for d in dispatches
+            _event(d.task_id, source, "queued", d.attempt, at, detail)
+            for d, source in zip(dispatches, sources, strict=True)
         ],
     )
 
@@ -655,6 +678,7 @@ def redispatch(*, session: Session, tasks: Sequence[Flight], reason: str) -> lis
         )
     }
     dispatches = []
+    sources = []
     for t in tasks:
         row = current.get(t.task_id)
         if row is None or row.attempts != t.attempt or TaskStatus(row.status) not in IN_FLIGHT:
@@ -665,8 +689,9 @@ def redispatch(*, session: Session, tasks: Sequence[Flight], reason: str) -> lis
                 row.id, attempt, job_id_for(row.id, attempt), row.kind, row.payload, row.timeout
             )
         )
+        sources.append(row.status)
     if dispatches:
-        _mark_queued(session, dispatches, None, now(), reason)
+        _mark_queued(session, dispatches, sources, now(), reason, reason)
     return dispatches
 
 
