@@ -32,15 +32,19 @@ def run_task(task_id: str, attempt: int, kind: str, payload: str | None, max_out
     client = job.connection
     queue = job.origin
     worker = job.worker_name or f"{socket.gethostname()}.{os.getpid()}"
-    if client.exists(cancel_key(queue, job.id)):
-        return  # cancelled before it started; the database already says so
     alive = heartbeat_key(queue, job.id)
-    client.set(alive, worker, ex=HEARTBEAT_TTL)
+    started = Report(task_id, attempt, ReportKind.STARTED, worker, at=_now())
+    with client.pipeline(transaction=False) as pipe:  # one round trip to start
+        pipe.exists(cancel_key(queue, job.id))
+        pipe.set(alive, worker, ex=HEARTBEAT_TTL)
+        publish(pipe, queue, started)
+        cancelled = pipe.execute()[0]
+    if cancelled:
+        return  # cancelled before it started: the database already says so
     stop = threading.Event()
     beat = threading.Thread(target=_beat, args=(client, alive, worker, stop), daemon=True)
     beat.start()
     try:
-        publish(client, queue, Report(task_id, attempt, ReportKind.STARTED, worker, at=_now()))
         try:
             value = get_handler(kind)(None if payload is None else json.loads(payload))
             output = output_json(value, max_output)
