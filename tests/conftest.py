@@ -49,7 +49,9 @@ def bridge_env(tmp_path: Path, db_url: str, redis_server: PrivateRedis) -> dict[
         "BRIDGE_DATABASE_URL": db_url,
         "BRIDGE_REDIS_URL": redis_server.url,
         "BRIDGE_HANDLERS": "test_handlers",
-        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+        ),
     }
 
 

@@ -14,7 +14,9 @@ from typing import Any
 BRIDGE = [sys.executable, "-m", "bridge"]
 
 
-def bridge(*args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def bridge(
+    *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
     """Run one CLI command to completion, capturing its output."""
     return subprocess.run(
         [*BRIDGE, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
