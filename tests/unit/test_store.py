@@ -15,6 +15,7 @@ from bridge import store
 from bridge.graph import GraphError, TaskSpec, make_spec
 from bridge.messages import Report, job_id_for
 from bridge.states import BACKOFF_BASE, ReportKind, TaskStatus
+from bridge.store import dispatching
 
 SLOTS = 4
 
@@ -998,7 +999,7 @@ def big_history(engine):
 
 
 def _ready_plan(engine) -> str:
-    query = store._READY["sqlite"].text
+    query = dispatching._READY["sqlite"].text
     rows = sql(engine, "EXPLAIN QUERY PLAN " + query, now=store.now(), limit=SLOTS)
     return " | ".join(r[3] for r in rows)
 

@@ -1,0 +1,97 @@
+"""The store: all SQL lives in this package, the only code that talks to the database.
+
+Every state change is a guarded compare-and-set (``UPDATE ... WHERE status = ...
+AND attempts = ...``) in the same transaction as its ``task_events`` row. Hot
+paths use SQLAlchemy Core on the mapped tables, not ORM object loads. Callers
+use this package's names; the modules inside are split by concern.
+"""
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from bridge.messages import Dispatch
+from bridge.states import TaskStatus
+from bridge.store.admin import Cancelled, cancel_task, clean, retry_task
+from bridge.store.dispatching import (
+    claim_ready,
+    in_flight,
+    next_wakeup,
+    redispatch,
+    reset_slots,
+)
+from bridge.store.engine import (
+    BUSY_TIMEOUT_MS,
+    StoreError,
+    TaskStateError,
+    now,
+    open_engine,
+    reading,
+    stamp,
+    writing,
+)
+from bridge.store.leases import acquire_lease, holds_lease, lease_holder, release_lease
+from bridge.store.reports import Applied, apply_reports
+from bridge.store.tables import EDGES, EVENTS, LEASES, SLOTS, TASKS
+from bridge.store.tasks import (
+    AddResult,
+    Progress,
+    add_tasks,
+    dependency_states,
+    dependents_blocked_by,
+    get_task,
+    list_events,
+    list_slots,
+    list_tasks,
+    progress,
+    require_task,
+    spec_of,
+    task_dict,
+)
+
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "EDGES",
+    "EVENTS",
+    "LEASES",
+    "SLOTS",
+    "TASKS",
+    "AddResult",
+    "Applied",
+    "Cancelled",
+    "Dispatch",
+    "Engine",
+    "Progress",
+    "Session",
+    "StoreError",
+    "TaskStateError",
+    "TaskStatus",
+    "acquire_lease",
+    "add_tasks",
+    "apply_reports",
+    "cancel_task",
+    "claim_ready",
+    "clean",
+    "dependency_states",
+    "dependents_blocked_by",
+    "get_task",
+    "holds_lease",
+    "in_flight",
+    "lease_holder",
+    "list_events",
+    "list_slots",
+    "list_tasks",
+    "next_wakeup",
+    "now",
+    "open_engine",
+    "progress",
+    "reading",
+    "redispatch",
+    "release_lease",
+    "require_task",
+    "reset_slots",
+    "retry_task",
+    "spec_of",
+    "stamp",
+    "task_dict",
+    "writing",
+]

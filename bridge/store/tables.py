@@ -1,0 +1,67 @@
+"""Table handles and the small helpers every store module shares."""
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import bindparam, insert, update
+from sqlmodel import Session
+
+from bridge.models import Lease, Task, TaskEdge, TaskEvent, WorkerSlot
+
+TASKS = Task.__table__
+
+
+EDGES = TaskEdge.__table__
+
+
+EVENTS = TaskEvent.__table__
+
+
+SLOTS = WorkerSlot.__table__
+
+
+LEASES = Lease.__table__
+
+
+_CHUNK = 500
+"""Ids per ``IN (...)`` list, under SQLite's bound-parameter limit."""
+
+
+def _event(
+    task_id: str,
+    source: str | None,
+    target: str,
+    attempt: int,
+    at: str,
+    detail: str | None = None,
+    worker: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "task_id": task_id,
+        "from_status": source,
+        "to_status": target,
+        "attempt": attempt,
+        "worker": worker,
+        "at": at,
+        "detail": detail,
+    }
+
+
+def _record(session: Session, events: Sequence[dict[str, Any]]) -> None:
+    if events:
+        session.connection().execute(insert(EVENTS), list(events))
+
+
+def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _release_slots(session: Session, task_ids: Sequence[str], at: str) -> None:
+    if task_ids:
+        session.connection().execute(
+            update(SLOTS)
+            .where(SLOTS.c.task_id == bindparam("b_task"))
+            .values(active=0, task_id=None, worker_id=None, updated_at=at),
+            [{"b_task": t} for t in task_ids],
+        )

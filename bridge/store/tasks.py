@@ -1,0 +1,249 @@
+"""Adding tasks and reading them back."""
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from bridge import graph
+from bridge.graph import GraphError, TaskSpec
+from bridge.models import Task, TaskEvent, WorkerSlot
+from bridge.states import (
+    FINISHED_BADLY,
+    IN_FLIGHT,
+    TaskStatus,
+)
+from bridge.store.engine import TaskStateError, now
+from bridge.store.tables import _CHUNK, EDGES, EVENTS, SLOTS, TASKS, _chunks, _event, _record
+
+
+def spec_of(row: Any) -> TaskSpec:
+    """The definition a stored task was added with (to compare on re-add)."""
+    return TaskSpec(
+        id=row.id,
+        description=row.description,
+        kind=row.kind,
+        payload=None if row.payload is None else json.loads(row.payload),
+        dependencies=tuple(json.loads(row.dependencies or "[]")),
+        priority=row.priority,
+        max_attempts=row.max_attempts,
+        timeout=row.timeout,
+    )
+
+
+@dataclass
+class AddResult:
+    added: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def add_tasks(
+    *,
+    session: Session,
+    specs: Sequence[TaskSpec],
+    skip_same: bool = False,
+    max_payload: int = graph.DEFAULT_MAX_PAYLOAD,
+) -> AddResult:
+    """Add a graph in one transaction: all of it, or (on any error) none of it.
+
+    With ``skip_same``, a task that already exists with the same definition is
+    skipped (rerunning a file resumes); any other clash is an error.
+    """
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.id in seen:
+            raise GraphError(f"duplicate task id {spec.id!r}")
+        seen.add(spec.id)
+    conn = session.connection()
+    referenced = sorted({s.id for s in specs} | {d for s in specs for d in s.dependencies})
+    stored: dict[str, Any] = {}
+    for chunk in _chunks(referenced):
+        for row in conn.execute(select(TASKS).where(TASKS.c.id.in_(chunk))):
+            stored[row.id] = row
+    result = AddResult()
+    new_specs: list[TaskSpec] = []
+    for spec in specs:
+        row = stored.get(spec.id)
+        if row is None:
+            new_specs.append(spec)
+        elif skip_same and graph.same_definition(spec, spec_of(row)):
+            result.skipped.append(spec.id)
+        elif skip_same:
+            raise GraphError(f"task {spec.id!r} already exists with a different definition")
+        else:
+            raise GraphError(f"task {spec.id!r} already exists")
+    graph.check_new_graph(new_specs, existing=stored.keys(), max_payload=max_payload)
+    if not new_specs:
+        return result
+
+    at = now()
+    next_seq = (conn.execute(select(func.max(TASKS.c.seq))).scalar() or 0) + 1
+    task_rows = []
+    edge_rows = []
+    for offset, spec in enumerate(new_specs):
+        pending = sum(
+            1
+            for dep in spec.dependencies
+            if dep not in stored or stored[dep].status != TaskStatus.DONE.value
+        )
+        task_rows.append(
+            {
+                "id": spec.id,
+                "description": spec.description,
+                "status": TaskStatus.AVAILABLE.value,
+                "dependencies": json.dumps(list(spec.dependencies), ensure_ascii=False),
+                "created_at": at,
+                "updated_at": at,
+                "kind": spec.kind,
+                "payload": spec.payload_json(),
+                "priority": spec.priority,
+                "attempts": 0,
+                "max_attempts": spec.max_attempts,
+                "failures": 0,
+                "timeout": spec.timeout,
+                "pending_deps": pending,
+                "seq": next_seq + offset,
+            }
+        )
+        edge_rows.extend({"task_id": spec.id, "depends_on": dep} for dep in spec.dependencies)
+    try:
+        conn.execute(insert(TASKS), task_rows)
+        if edge_rows:
+            conn.execute(insert(EDGES), edge_rows)
+    except IntegrityError as exc:  # a concurrent add of the same id
+        raise GraphError(f"task already exists: {exc.orig}") from None
+    _record(session, [_event(s.id, None, "available", 0, at, "added") for s in new_specs])
+    result.added = [s.id for s in new_specs]
+    return result
+
+
+def get_task(*, session: Session, task_id: str) -> Task | None:
+    return session.get(Task, task_id)
+
+
+def require_task(*, session: Session, task_id: str) -> Task:
+    task = get_task(session=session, task_id=task_id)
+    if task is None:
+        raise TaskStateError(f"no task {task_id!r}")
+    return task
+
+
+def list_tasks(*, session: Session, status: TaskStatus | None = None) -> list[Task]:
+    query = select(Task).order_by(TASKS.c.seq)
+    if status is not None:
+        query = query.where(TASKS.c.status == status.value)
+    return list(session.execute(query).scalars())
+
+
+def list_events(*, session: Session, task_id: str | None = None) -> list[TaskEvent]:
+    query = select(TaskEvent).order_by(EVENTS.c.id)
+    if task_id is not None:
+        query = query.where(EVENTS.c.task_id == task_id)
+    return list(session.execute(query).scalars())
+
+
+def list_slots(*, session: Session) -> list[WorkerSlot]:
+    return list(session.execute(select(WorkerSlot).order_by(SLOTS.c.slot)).scalars())
+
+
+def dependents_blocked_by(*, session: Session, task_ids: Sequence[str]) -> int:
+    """How many waiting tasks have a dependency among ``task_ids`` (direct only)."""
+    if not task_ids:
+        return 0
+    query = select(func.count(func.distinct(EDGES.c.task_id))).where(
+        EDGES.c.depends_on.in_(list(task_ids)[:_CHUNK])
+    )
+    return int(session.execute(query).scalar() or 0)
+
+
+def dependency_states(*, session: Session, task_id: str) -> list[tuple[str, str]]:
+    """Each dependency of a task with its status, for ``bridge show``."""
+    rows = session.connection().execute(
+        select(EDGES.c.depends_on, TASKS.c.status)
+        .join(TASKS, TASKS.c.id == EDGES.c.depends_on)
+        .where(EDGES.c.task_id == task_id)
+        .order_by(TASKS.c.seq)
+    )
+    return [(row.depends_on, row.status) for row in rows]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What ``bridge wait`` needs to know: counts, and whether anything can still run."""
+
+    counts: dict[str, int]
+    ready: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def count(self, status: TaskStatus) -> int:
+        return self.counts.get(status.value, 0)
+
+    @property
+    def finished(self) -> bool:
+        return self.count(TaskStatus.DONE) == self.total
+
+    @property
+    def stuck(self) -> bool:
+        """Nothing in flight, nothing ready, and something failed or was cancelled.
+
+        Then every task still waiting depends (transitively) on a failed or
+        cancelled one: without ``bridge retry`` nothing more can run.
+        """
+        bad = sum(self.count(s) for s in FINISHED_BADLY)
+        in_flight = sum(self.count(s) for s in IN_FLIGHT)
+        return bad > 0 and in_flight == 0 and self.ready == 0
+
+
+def progress(*, session: Session) -> Progress:
+    counts = {
+        status: n
+        for status, n in session.execute(
+            select(TASKS.c.status, func.count()).group_by(TASKS.c.status)
+        )
+    }
+    ready = session.execute(
+        text("SELECT count(*) FROM tasks WHERE status = 'available' AND pending_deps = 0")
+    ).scalar()
+    return Progress(counts=counts, ready=int(ready or 0))
+
+
+def task_dict(task: Task) -> dict[str, Any]:
+    """A task as ``--json`` prints it: the seed's field names, dependencies as a list."""
+    return {
+        "id": task.id,
+        "description": task.description,
+        "status": task.status,
+        "worker": task.worker,
+        "dependencies": json.loads(task.dependencies or "[]"),
+        "output": None if task.output is None else _maybe_json(task.output),
+        "error": task.error,
+        "started_at": task.started_at,
+        "completed_at": task.completed_at,
+        "created_at": task.created_at,
+        "kind": task.kind,
+        "payload": None if task.payload is None else json.loads(task.payload),
+        "priority": task.priority,
+        "attempts": task.attempts,
+        "max_attempts": task.max_attempts,
+        "failures": task.failures,
+        "timeout": task.timeout,
+        "job_id": task.job_id,
+        "queued_at": task.queued_at,
+        "not_before": task.not_before,
+        "pending_dependencies": task.pending_deps,
+        "note": task.note,
+    }
+
+
+def _maybe_json(text_value: str) -> Any:
+    try:
+        return json.loads(text_value)
+    except json.JSONDecodeError:
+        return text_value
