@@ -111,7 +111,9 @@ class Broker:
         if not job_ids:
             return {}
         intermediate = self.queue.intermediate_queue_key
-        with self.client.pipeline(transaction=False) as pipe:
+        # MULTI/EXEC: a worker picking the job up between two reads must not make it
+        # look like a queued job that is in neither list.
+        with self.client.pipeline(transaction=True) as pipe:
             for job_id in job_ids:
                 pipe.hmget(Job.key_for(job_id), "status", "started_at")
                 pipe.lpos(self.queue.key, job_id)
