@@ -306,6 +306,7 @@ def cancel(context: Context, task_id: str) -> None:
     """Cancel a task; a queued job is removed, a running one is asked to stop."""
     with store.writing(context.engine) as session:
         cancelled = store.cancel_task(session=session, task_id=task_id)
+    _nudge(context.settings)  # its slot is free: let the dispatcher fill it now
     message = f"task {task_id!r} cancelled"
     if cancelled.job_id is not None:
         try:

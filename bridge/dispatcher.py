@@ -22,10 +22,10 @@ from redis.exceptions import RedisError
 
 from bridge import store
 from bridge.broker import Broker
-from bridge.messages import Report
+from bridge.messages import Dispatch, Report
 from bridge.recovery import Flight, JobState, Limits, judge
 from bridge.settings import Settings
-from bridge.states import ReportKind
+from bridge.states import ReportKind, TaskStatus
 
 log = logging.getLogger("bridge.dispatcher")
 
@@ -68,6 +68,9 @@ class Dispatcher:
         self._run_id: str | None = None
         self._next_check = 0.0
         self._lease_until = 0.0
+        self._claim_wanted = True
+        self._wakeup: datetime | None = None
+        self._wakeup_stale = True
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -115,20 +118,33 @@ class Dispatcher:
     # ------------------------------------------------------------------ the tick
 
     def tick(self, *, block: bool = True, claim: bool = True) -> TickStats:
+        """Read reports (blocking), apply them and claim ready tasks in one commit, then
+        acknowledge and enqueue. Claims only when something could have made a task
+        ready or freed a slot, so an idle or "started"-only tick costs one read."""
         stats = TickStats()
         timeout_ms = int(self._block_seconds() * 1000) if block else 0
         incoming = self.broker.read_reports(self.name, block_ms=timeout_ms or 1)
         reports = [m.report for m in incoming if m.report is not None]
-        with store.writing(self.engine) as session:
-            if reports:
-                applied = store.apply_reports(
-                    session=session, reports=reports, max_output=self.settings.max_output
-                )
-                stats.applied = sum(1 for a in applied if a.target is not None)
-                stats.ignored = len(applied) - stats.applied
-            dispatches = []
-            if claim and self._holds_lease(session):
-                dispatches = store.claim_ready(session=session, slots=self.settings.slots)
+        if len(reports) < len(incoming) or any(r.kind is not ReportKind.STARTED for r in reports):
+            self._claim_wanted = True  # a nudge (tasks added or retried) or a freed slot
+        if self._wakeup is not None and self._wakeup <= datetime.now(timezone.utc):
+            self._claim_wanted = True  # a retry backoff ended
+            self._wakeup_stale = True
+        claiming = claim and self._claim_wanted and self._lease_valid()
+        dispatches: list[Dispatch] = []
+        if reports or claiming:
+            with store.writing(self.engine) as session:
+                if reports:
+                    applied = store.apply_reports(
+                        session=session, reports=reports, max_output=self.settings.max_output
+                    )
+                    stats.applied = sum(1 for a in applied if a.target is not None)
+                    stats.ignored = len(applied) - stats.applied
+                    if any(a.target is TaskStatus.AVAILABLE for a in applied):
+                        self._wakeup_stale = True  # a failed attempt will be retried
+                if claiming:
+                    dispatches = store.claim_ready(session=session, slots=self.settings.slots)
+                    self._claim_wanted = False
         self.broker.ack([m.message_id for m in incoming])
         self.broker.enqueue(dispatches)
         stats.dispatched = len(dispatches)
@@ -138,10 +154,13 @@ class Dispatcher:
 
     def _block_seconds(self) -> float:
         wait = min(MAX_BLOCK, max(0.0, self._next_check - time.monotonic()))
-        with store.reading(self.engine) as session:
-            due = store.next_wakeup(session=session)
-        if due is not None:
-            until = (_parse(due) - datetime.now(timezone.utc)).total_seconds()
+        if self._wakeup_stale:
+            with store.reading(self.engine) as session:
+                due = store.next_wakeup(session=session)
+            self._wakeup = None if due is None else _parse(due)
+            self._wakeup_stale = False
+        if self._wakeup is not None:
+            until = (self._wakeup - datetime.now(timezone.utc)).total_seconds()
             wait = min(wait, max(0.0, until))
         return max(wait, 0.01)
 
@@ -151,6 +170,8 @@ class Dispatcher:
         if time.monotonic() < self._next_check:
             return
         self._next_check = time.monotonic() + CHECK_EVERY
+        self._claim_wanted = True  # catch what no nudge announced (cancel, add without Redis)
+        self._wakeup_stale = True
         if not self._renew_lease():
             log.warning("lost the dispatcher lease; waiting to take it back")
             if not self._wait_for_lease(once=False):
@@ -200,10 +221,10 @@ class Dispatcher:
                 )
         if not resend and not failures:
             return 0
+        if not self._lease_valid():
+            return 0
         dispatches = []
         with store.writing(self.engine) as session:
-            if not self._holds_lease(session):
-                return 0
             for reason, group in resend.items():
                 dispatches += store.redispatch(session=session, tasks=group, reason=reason)
             if failures:
@@ -236,24 +257,18 @@ class Dispatcher:
             self.stop_event.wait(1.0)
         return False
 
-    def _holds_lease(self, session: store.Session) -> bool:
-        """Checked inside the dispatching transaction: no overlap with a successor."""
-        return store.holds_lease(
-            session=session,
-            name=self.lease_name,
-            holder=self.name,
-            clock=time.time() + LEASE_MARGIN,
-        )
+    def _lease_valid(self) -> bool:
+        """Dispatch only while our lease has ``LEASE_MARGIN`` left: a successor can take
+        it only after it expires, so the two never dispatch at the same time."""
+        return time.time() + LEASE_MARGIN < self._lease_until
 
     def _renew_lease(self) -> bool:
+        clock = time.time()
         with store.writing(self.engine) as session:
             ok = store.acquire_lease(
-                session=session,
-                name=self.lease_name,
-                holder=self.name,
-                ttl=LEASE_TTL,
-                clock=time.time(),
+                session=session, name=self.lease_name, holder=self.name, ttl=LEASE_TTL, clock=clock
             )
+        self._lease_until = clock + LEASE_TTL if ok else 0.0
         return ok
 
     def _release_lease(self) -> None:

@@ -57,6 +57,13 @@ Index(
     postgresql_where=text("status = 'available' AND pending_deps = 0"),
 )
 
+Index(
+    "ix_tasks_backoff",
+    Task.__table__.c.not_before,
+    sqlite_where=text("status = 'available' AND not_before IS NOT NULL"),
+    postgresql_where=text("status = 'available' AND not_before IS NOT NULL"),
+)
+
 
 class TaskEdge(SQLModel, table=True):
     """One row per dependency: ``task_id`` waits for ``depends_on``."""

@@ -1,8 +1,8 @@
 """The job RQ runs for every task: report start, run the handler, report the outcome.
 
 It never opens the database: everything goes back through Redis, so a worker
-host needs only Redis. While the handler runs, a thread renews a heartbeat key;
-if the process dies (SIGKILL, OOM), the key expires and the dispatcher knows.
+host needs only Redis. While the handler runs, a heartbeat key is renewed; if
+the process dies (SIGKILL, OOM), the key expires and the dispatcher knows.
 """
 
 import json
@@ -25,6 +25,45 @@ HEARTBEAT_TTL = 10
 HEARTBEAT_EVERY = 2.0
 
 
+class Heartbeats:
+    """One thread per process renews the heartbeat keys of the jobs running in it.
+
+    A forking worker runs each job in a fresh child, which starts its own thread;
+    a simple worker reuses one thread for all its jobs instead of one per job.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._beating: dict[str, tuple[Any, str]] = {}
+        self._pid: int | None = None
+
+    def start(self, client: Any, key: str, worker: str) -> None:
+        with self._lock:
+            self._beating[key] = (client, worker)
+            if self._pid != os.getpid():  # first job in this process (or a forked child)
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="bridge-heartbeat", daemon=True).start()
+
+    def stop(self, key: str) -> None:
+        """Stop renewing; the key is left to expire, after the outcome is reported."""
+        with self._lock:
+            self._beating.pop(key, None)
+
+    def _run(self) -> None:
+        event = threading.Event()
+        while not event.wait(HEARTBEAT_EVERY):
+            with self._lock:
+                beating = list(self._beating.items())
+            for key, (client, worker) in beating:
+                try:
+                    client.set(key, worker, ex=HEARTBEAT_TTL)
+                except Exception:  # Redis gone for a moment: the job's own report will tell
+                    pass
+
+
+HEARTBEATS = Heartbeats()
+
+
 def run_task(task_id: str, attempt: int, kind: str, payload: str | None, max_output: int) -> None:
     job = get_current_job()
     if job is None:
@@ -41,9 +80,7 @@ def run_task(task_id: str, attempt: int, kind: str, payload: str | None, max_out
         cancelled = pipe.execute()[0]
     if cancelled:
         return  # cancelled before it started: the database already says so
-    stop = threading.Event()
-    beat = threading.Thread(target=_beat, args=(client, alive, worker, stop), daemon=True)
-    beat.start()
+    HEARTBEATS.start(client, alive, worker)
     try:
         try:
             value = get_handler(kind)(None if payload is None else json.loads(payload))
@@ -64,16 +101,7 @@ def run_task(task_id: str, attempt: int, kind: str, payload: str | None, max_out
             )
         publish(client, queue, report)
     finally:
-        stop.set()
-        # The heartbeat key is left to expire: the dispatcher reads the report first.
-
-
-def _beat(client: Any, key: str, worker: str, stop: threading.Event) -> None:
-    while not stop.wait(HEARTBEAT_EVERY):
-        try:
-            client.set(key, worker, ex=HEARTBEAT_TTL)
-        except Exception:  # Redis gone for a moment: the job's own report will tell
-            pass
+        HEARTBEATS.stop(alive)
 
 
 def _now() -> str:

@@ -1,22 +1,52 @@
-"""Applying worker reports under the fencing rule."""
+"""Applying worker reports under the fencing rule.
+
+A batch of reports is decided in Python (``states.decide_report``, in order, with
+each task's state carried from one report to the next), then written with one
+prepared statement per kind of change, executed for many rows at once. Every
+UPDATE is guarded on the status and attempt the decision was made from.
+"""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import select, text
 from sqlmodel import Session
 
 from bridge.messages import Report, truncate
-from bridge.states import (
-    IN_FLIGHT,
-    ReportKind,
-    TaskStatus,
-    decide_report,
-)
+from bridge.states import IN_FLIGHT, ReportKind, TaskStatus, decide_report
 from bridge.store.engine import StoreError, now, stamp
-from bridge.store.tables import SLOTS, TASKS, _chunks, _event, _record, _release_slots
+from bridge.store.tables import TASKS, _chunks, _event, _record, _release_slots
+
+_GUARD = " WHERE id = :id AND status = :source AND attempts = :attempt"
+_STARTED = text(
+    "UPDATE tasks SET status = 'working', worker = :worker, started_at = :started_at,"
+    " updated_at = :at" + _GUARD
+)
+_SUCCEEDED = text(
+    "UPDATE tasks SET status = 'done', output = :output, error = NULL,"
+    " completed_at = :completed_at, note = NULL, updated_at = :at" + _GUARD
+)
+_RETRYING = text(
+    "UPDATE tasks SET status = 'available', error = :error, failures = failures + 1,"
+    " worker = COALESCE(:worker, worker), not_before = :not_before, note = :note,"
+    " updated_at = :at" + _GUARD
+)
+_FAILED = text(
+    "UPDATE tasks SET status = 'failed', error = :error, failures = failures + 1,"
+    " worker = COALESCE(:worker, worker), completed_at = :completed_at, note = NULL,"
+    " updated_at = :at" + _GUARD
+)
+_SLOT_WORKER = text(
+    "UPDATE worker_slots SET worker_id = :worker, updated_at = :at WHERE task_id = :id"
+)
+_UNBLOCK = text(
+    "UPDATE tasks SET pending_deps = pending_deps - 1"
+    " WHERE id IN (SELECT task_id FROM task_edges WHERE depends_on = :dep)"
+)
+_ORDER = (_STARTED, _SUCCEEDED, _RETRYING, _FAILED)
+"""Execution order: a task's start always precedes its outcome within one batch."""
 
 
 @dataclass(frozen=True)
@@ -36,18 +66,12 @@ def apply_reports(
     task is in flight; anything else is recorded as ignored and changes nothing.
     """
     conn = session.connection()
-    ids = sorted({r.task_id for r in reports})
-    state: dict[str, dict[str, Any]] = {}
-    for chunk in _chunks(ids):
-        for row in conn.execute(
-            select(
-                TASKS.c.id, TASKS.c.status, TASKS.c.attempts, TASKS.c.failures, TASKS.c.max_attempts
-            ).where(TASKS.c.id.in_(chunk))
-        ):
-            state[row.id] = dict(row._mapping)
+    state = _current_state(session, reports)
     at = now()
     results: list[Applied] = []
     events: list[dict[str, Any]] = []
+    writes: dict[Any, list[dict[str, Any]]] = {statement: [] for statement in _ORDER}
+    slot_workers: list[dict[str, Any]] = []
     done: list[str] = []
     released: list[str] = []
     for report in reports:
@@ -65,6 +89,7 @@ def apply_reports(
             max_attempts=current["max_attempts"],
         )
         if decision.target is None:
+            detail = f"ignored: {decision.reason}"
             events.append(
                 _event(
                     report.task_id,
@@ -72,53 +97,50 @@ def apply_reports(
                     status.value,
                     report.attempt,
                     at,
-                    f"ignored: {decision.reason}",
+                    detail,
                     report.worker,
                 )
             )
             results.append(Applied(report, None, decision.reason))
             continue
-        values: dict[str, Any] = {"status": decision.target.value, "updated_at": at}
+        row: dict[str, Any] = {
+            "id": report.task_id,
+            "source": status.value,
+            "attempt": report.attempt,
+            "at": at,
+        }
         detail = decision.reason
         if report.kind is ReportKind.STARTED:
-            values.update(worker=report.worker, started_at=report.at or at)
+            row.update(worker=report.worker, started_at=report.at or at)
+            writes[_STARTED].append(row)
+            if report.worker:
+                slot_workers.append({"worker": report.worker, "at": at, "id": report.task_id})
         elif report.kind is ReportKind.SUCCEEDED:
-            values.update(
-                output=truncate(report.output, max_output) if report.output else report.output,
-                error=None,
-                completed_at=report.at or at,
-                note=None,
-            )
+            output = truncate(report.output, max_output) if report.output else report.output
+            row.update(output=output, completed_at=report.at or at)
+            writes[_SUCCEEDED].append(row)
+            done.append(report.task_id)
         else:
             error = truncate(report.error or "Error: unknown failure", max_output)
-            values.update(error=error, failures=current["failures"] + 1)
-            if report.worker:
-                values["worker"] = report.worker
+            row.update(error=error, worker=report.worker)
             if decision.target is TaskStatus.AVAILABLE:
-                delay = decision.retry_in or 0.0
-                due = datetime.now(timezone.utc) + timedelta(seconds=delay)
-                values.update(
-                    not_before=stamp(due),
+                due = stamp(
+                    datetime.now(timezone.utc) + timedelta(seconds=decision.retry_in or 0.0)
+                )
+                row.update(
+                    not_before=due,
                     note=f"attempt {report.attempt} failed ({error.splitlines()[0][:200]});"
                     f" retry {current['failures'] + 2} of {current['max_attempts']}"
-                    f" not before {stamp(due)[:19]} UTC",
+                    f" not before {due[:19]} UTC",
                 )
+                writes[_RETRYING].append(row)
             else:
-                values.update(completed_at=report.at or at, note=None)
+                row.update(completed_at=report.at or at)
+                writes[_FAILED].append(row)
+            current["failures"] += 1
             detail = f"{decision.reason}: {error}"
             if report.traceback:
                 detail += "\n" + truncate(report.traceback, max_output)
-        changed = conn.execute(
-            update(TASKS)
-            .where(
-                TASKS.c.id == report.task_id,
-                TASKS.c.status == status.value,
-                TASKS.c.attempts == report.attempt,
-            )
-            .values(**values)
-        ).rowcount
-        if changed != 1:
-            raise StoreError(f"task {report.task_id!r} changed under the dispatcher")
         events.append(
             _event(
                 report.task_id,
@@ -131,27 +153,37 @@ def apply_reports(
             )
         )
         current["status"] = decision.target.value
-        if "failures" in values:
-            current["failures"] = values["failures"]
-        if decision.target is TaskStatus.WORKING and report.worker:
-            conn.execute(
-                update(SLOTS)
-                .where(SLOTS.c.task_id == report.task_id)
-                .values(worker_id=report.worker, updated_at=at)
-            )
         if decision.target not in IN_FLIGHT:
             released.append(report.task_id)
-        if decision.target is TaskStatus.DONE:
-            done.append(report.task_id)
         results.append(Applied(report, decision.target, decision.reason))
+
+    for statement in _ORDER:
+        rows = writes[statement]
+        if rows and conn.execute(statement, rows).rowcount != len(rows):
+            raise StoreError("a task changed under the dispatcher while applying reports")
+    if slot_workers:
+        conn.execute(_SLOT_WORKER, slot_workers)
     _release_slots(session, released, at)
     if done:
-        conn.execute(
-            text(
-                "UPDATE tasks SET pending_deps = pending_deps - 1"
-                " WHERE id IN (SELECT task_id FROM task_edges WHERE depends_on = :dep)"
-            ),
-            [{"dep": task_id} for task_id in done],
-        )
+        conn.execute(_UNBLOCK, [{"dep": task_id} for task_id in done])
     _record(session, events)
     return results
+
+
+def _current_state(session: Session, reports: Sequence[Report]) -> dict[str, dict[str, Any]]:
+    """Status, attempt and failure count of every task the reports name."""
+    conn = session.connection()
+    state: dict[str, dict[str, Any]] = {}
+    ids = sorted({r.task_id for r in reports})
+    for chunk in _chunks(ids):
+        for row in conn.execute(
+            select(
+                TASKS.c.id,
+                TASKS.c.status,
+                TASKS.c.attempts,
+                TASKS.c.failures,
+                TASKS.c.max_attempts,
+            ).where(TASKS.c.id.in_(chunk))
+        ):
+            state[row.id] = dict(row._mapping)
+    return state
