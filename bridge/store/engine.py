@@ -70,7 +70,10 @@ def _where(url: str) -> str:
 def _check_sqlite_path(database: str | None) -> None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return
-    folder = os.path.dirname(os.path.abspath(database))
+    try:
+        folder = os.path.dirname(os.path.abspath(database))
+    except OSError as exc:  # the working directory itself is gone
+        raise StoreError(f"cannot open database {database!r}: {exc.strerror}") from None
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise StoreError(f"cannot open database {database!r}: {folder!r} is not a directory")
     if not os.path.isdir(folder):
