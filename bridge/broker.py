@@ -8,6 +8,7 @@ stays pending until the dispatcher acknowledges it after its commit.
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from redis.exceptions import RedisError, ResponseError
@@ -81,30 +82,38 @@ class Broker:
     # ------------------------------------------------------------------ jobs out
 
     def enqueue(self, jobs: Sequence[Dispatch]) -> None:
-        """Enqueue jobs in one pipeline. Only called after their ``queued`` commit."""
-        if not jobs:
+        """Enqueue jobs in one round trip. Only called after their ``queued`` commit."""
+        self.settle((), jobs)
+
+    def settle(self, acknowledged: Sequence[bytes], jobs: Sequence[Dispatch]) -> None:
+        """After a tick's commit: acknowledge its reports and enqueue its jobs, together,
+        in one round trip (MULTI/EXEC)."""
+        if not acknowledged and not jobs:
             return
-        data = [
-            Queue.prepare_data(
-                JOB_FUNCTION,
-                kwargs={
-                    "task_id": job.task_id,
-                    "attempt": job.attempt,
-                    "kind": job.kind,
-                    "payload": job.payload,
-                    "max_output": self.max_output,
-                },
-                job_id=job.job_id,
-                timeout=job.timeout or NO_TIMEOUT,
-                result_ttl=RESULT_TTL,
-                failure_ttl=24 * 3600,
-                description=f"bridge task {job.task_id!r} attempt {job.attempt}",
-            )
-            for job in jobs
-        ]
         with self.client.pipeline() as pipe:
-            self.queue.enqueue_many(data, pipeline=pipe)
+            if acknowledged:
+                pipe.xack(self.stream, GROUP, *acknowledged)
+                pipe.xdel(self.stream, *acknowledged)
+            if jobs:
+                self.queue.enqueue_many([self._job_data(job) for job in jobs], pipeline=pipe)
             pipe.execute()
+
+    def _job_data(self, job: Dispatch) -> Any:
+        return Queue.prepare_data(
+            JOB_FUNCTION,
+            kwargs={
+                "task_id": job.task_id,
+                "attempt": job.attempt,
+                "kind": job.kind,
+                "payload": job.payload,
+                "max_output": self.max_output,
+            },
+            job_id=job.job_id,
+            timeout=job.timeout or NO_TIMEOUT,
+            result_ttl=RESULT_TTL,
+            failure_ttl=24 * 3600,
+            description=f"bridge task {job.task_id!r} attempt {job.attempt}",
+        )
 
     def job_states(self, job_ids: Sequence[str]) -> dict[str, JobState]:
         """What Redis knows of each job, in one round trip (``recovery.judge`` decides)."""
@@ -210,11 +219,7 @@ class Broker:
 
     def ack(self, message_ids: Sequence[bytes]) -> None:
         """Acknowledge and delete applied reports, so the stream stays short."""
-        if message_ids:
-            with self.client.pipeline(transaction=False) as pipe:
-                pipe.xack(self.stream, GROUP, *message_ids)
-                pipe.xdel(self.stream, *message_ids)
-                pipe.execute()
+        self.settle(message_ids, ())
 
     def nudge(self) -> None:
         """Wake a dispatcher blocked on the stream (new tasks were added)."""

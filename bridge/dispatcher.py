@@ -145,8 +145,7 @@ class Dispatcher:
                 if claiming:
                     dispatches = store.claim_ready(session=session, slots=self.settings.slots)
                     self._claim_wanted = False
-        self.broker.ack([m.message_id for m in incoming])
-        self.broker.enqueue(dispatches)
+        self.broker.settle([m.message_id for m in incoming], dispatches)
         stats.dispatched = len(dispatches)
         if stats.dispatched or reports:
             log.debug("tick: %s", stats)
