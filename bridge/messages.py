@@ -74,6 +74,8 @@ class Report:
     """``Type: message`` (``failed`` only)."""
     traceback: str | None = None
     at: str | None = None
+    started_at: str | None = None
+    """On an outcome whose job was too short to send its own ``started`` report."""
 
     def encode(self) -> dict[str, str]:
         fields: dict[str, Any] = {
@@ -81,7 +83,7 @@ class Report:
             "attempt": str(self.attempt),
             "kind": self.kind.value,
         }
-        for name in ("worker", "output", "error", "traceback", "at"):
+        for name in ("worker", "output", "error", "traceback", "at", "started_at"):
             value = getattr(self, name)
             if value is not None:
                 fields[name] = value
@@ -100,6 +102,7 @@ class Report:
                 error=text.get("error"),
                 traceback=text.get("traceback"),
                 at=text.get("at"),
+                started_at=text.get("started_at"),
             )
         except (KeyError, ValueError) as exc:
             raise ReportError(f"not a report: {sorted(text)} ({exc})") from None

@@ -74,7 +74,7 @@ def apply_reports(
     slot_workers: list[dict[str, Any]] = []
     done: list[str] = []
     released: list[str] = []
-    for report in reports:
+    for report in _with_folded_starts(reports):
         current = state.get(report.task_id)
         if current is None:
             results.append(Applied(report, None, "unknown task"))
@@ -168,6 +168,24 @@ def apply_reports(
         conn.execute(_UNBLOCK, [{"dep": task_id} for task_id in done])
     _record(session, events)
     return results
+
+
+def _with_folded_starts(reports: Sequence[Report]) -> list[Report]:
+    """An outcome that carries ``started_at`` stands for its start too: apply both."""
+    expanded: list[Report] = []
+    for report in reports:
+        if report.started_at and report.kind is not ReportKind.STARTED:
+            expanded.append(
+                Report(
+                    report.task_id,
+                    report.attempt,
+                    ReportKind.STARTED,
+                    report.worker,
+                    at=report.started_at,
+                )
+            )
+        expanded.append(report)
+    return expanded
 
 
 def _current_state(session: Session, reports: Sequence[Report]) -> dict[str, dict[str, Any]]:
