@@ -11,7 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 from rq import Queue
 from rq.command import send_stop_job_command
 from rq.job import Job
@@ -35,6 +39,10 @@ GROUP = "dispatchers"
 """The consumer group of the report stream."""
 RESULT_TTL = 600
 """Seconds RQ keeps a finished job; the report already carries what matters."""
+RETRIES = 20
+RETRY_CAP = 1.5
+"""A resilient client retries a command for about 25 s: long enough to ride out
+a Redis restart, short enough that a Redis that is really gone shows up."""
 NO_TIMEOUT = -1
 """RQ's "never time out": a task without ``timeout`` runs as long as it needs."""
 
@@ -43,20 +51,31 @@ class BrokerError(RuntimeError):
     """Redis cannot be used; the message names the URL (password hidden)."""
 
 
-def connect(url: str, *, check: bool = True) -> redis.Redis:
-    """A Redis client for ``url`` (``redis://``, ``rediss://`` for TLS, ``unix://``)."""
+def connect(url: str, *, check: bool = True, resilient: bool = False) -> redis.Redis:
+    """A Redis client for ``url`` (``redis://``, ``rediss://`` for TLS, ``unix://``).
+
+    ``check`` fails at once, in one line, if Redis does not answer now. A
+    ``resilient`` client (for the long-running services) then retries commands
+    through a Redis restart instead of letting the process die.
+    """
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+        options: dict[str, Any] = {"socket_connect_timeout": 5, "health_check_interval": 30}
+        if check:
+            probe = redis.Redis.from_url(url, **options)
+            try:
+                probe.ping()
+            except RedisError as exc:
+                raise BrokerError(
+                    f"cannot reach Redis at {redact_url(url)}: {_first_line(exc)}"
+                ) from None
+            finally:
+                probe.close()
+        if resilient:
+            options["retry"] = Retry(ExponentialBackoff(cap=RETRY_CAP, base=0.05), RETRIES)
+            options["retry_on_error"] = [RedisConnectionError, RedisTimeoutError]
+        return redis.Redis.from_url(url, **options)
     except ValueError as exc:
         raise BrokerError(f"not a Redis URL: {redact_url(url)} ({exc})") from None
-    if check:
-        try:
-            client.ping()
-        except RedisError as exc:
-            raise BrokerError(
-                f"cannot reach Redis at {redact_url(url)}: {_first_line(exc)}"
-            ) from None
-    return client
 
 
 def _first_line(exc: BaseException) -> str:
@@ -136,7 +155,8 @@ class Broker:
                 exists=status is not None,
                 status=status.decode() if status else None,
                 started_at=parse_time(started.decode()) if started else None,
-                waiting=in_queue is not None or picked is not None,
+                waiting=in_queue is not None,
+                picked=picked is not None,
                 heartbeat=bool(alive),
             )
         return states
@@ -147,6 +167,7 @@ class Broker:
             with self.client.pipeline(transaction=False) as pipe:
                 for job_id in job_ids:
                     pipe.lrem(self.queue.key, 0, job_id)
+                    pipe.lrem(self.queue.intermediate_queue_key, 0, job_id)
                 pipe.execute()
 
     def run_id(self) -> str:
@@ -188,9 +209,11 @@ class Broker:
         try:
             return self._read(consumer, block_ms=block_ms, count=count)
         except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            # NOGROUP: Redis lost the stream (flushed, restarted). UNBLOCKED: it was
+            # flushed while we waited on it. Either way: recreate it, read from the start.
+            if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                 raise
-            self.ensure_group()  # Redis lost the stream: read it anew from the start
+            self.ensure_group()
             self._pending_first = True
             return self._read(consumer, block_ms=block_ms, count=count)
 

@@ -43,8 +43,8 @@ class Context:
             self._engine = store.open_engine(self.settings.database_url)
         return self._engine
 
-    def broker(self, *, check: bool = True) -> Broker:
-        client = connect(self.settings.redis_url, check=check)
+    def broker(self, *, check: bool = True, resilient: bool = False) -> Broker:
+        client = connect(self.settings.redis_url, check=check, resilient=resilient)
         return Broker(client, self.settings.queue, max_output=self.settings.max_output)
 
 
@@ -349,7 +349,7 @@ def dispatch(context: Context, once: bool) -> None:
     from bridge.dispatcher import serve, totals_line
 
     engine = context.engine
-    broker = context.broker()
+    broker = context.broker(resilient=True)
     logging.getLogger("bridge").info(
         "dispatching queue %r from %s to %s with %d slot(s)",
         context.settings.queue,

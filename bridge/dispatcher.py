@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from types import FrameType
 
@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from bridge import store
 from bridge.broker import Broker
 from bridge.messages import Dispatch, Report
-from bridge.recovery import Flight, JobState, Limits, judge
+from bridge.recovery import Flight, JobState, Limits, Verdict, judge
 from bridge.settings import Settings
 from bridge.states import ReportKind, TaskStatus
 
@@ -41,6 +41,9 @@ QUEUE_TIMEOUT = 600.0
 """A job waiting in the queue this long is withdrawn and sent again."""
 LEASE_MARGIN = 5.0
 """Dispatch only while the lease has this long left, so a successor cannot overlap."""
+CONSUMER = "dispatcher"
+"""One consumer name for every dispatcher of a queue (only the lease holder reads),
+so a successor re-reads what a killed predecessor read but never acknowledged."""
 MAX_BLOCK = 0.5
 """Longest blocking read on the report stream, so stop requests are seen quickly."""
 
@@ -71,6 +74,7 @@ class Dispatcher:
         self._claim_wanted = True
         self._wakeup: datetime | None = None
         self._wakeup_stale = True
+        self._picked_since: dict[str, float] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -90,10 +94,18 @@ class Dispatcher:
         try:
             self.start(totals)
             while not self.stop_event.is_set():
-                self._add(totals, self.tick(block=not once))
-                if once:
-                    break
-                self._maintain(totals)
+                try:
+                    self._add(totals, self.tick(block=not once))
+                    if once:
+                        break
+                    self._maintain(totals)
+                except RedisError as exc:
+                    if once:
+                        raise
+                    # The database holds everything; once Redis answers again, the run-id
+                    # check re-sends what it lost.
+                    log.warning("Redis unavailable (%s); trying again", exc)
+                    self.stop_event.wait(1.0)
         finally:
             self._release_lease()
         return totals
@@ -123,7 +135,7 @@ class Dispatcher:
         ready or freed a slot, so an idle or "started"-only tick costs one read."""
         stats = TickStats()
         timeout_ms = int(self._block_seconds() * 1000) if block else 0
-        incoming = self.broker.read_reports(self.name, block_ms=timeout_ms or 1)
+        incoming = self.broker.read_reports(CONSUMER, block_ms=timeout_ms or 1)
         reports = [m.report for m in incoming if m.report is not None]
         if len(reports) < len(incoming) or any(r.kind is not ReportKind.STARTED for r in reports):
             self._claim_wanted = True  # a nudge (tasks added or retried) or a freed slot
@@ -182,28 +194,34 @@ class Dispatcher:
             log.warning("Redis restarted (run id changed): re-dispatching everything in flight")
             self._run_id = run_id
             self.broker.ensure_group()
-            totals.recovered += self.reconcile(grace=0.0)
+            totals.recovered += self.reconcile(grace=0.0, everything=True)
         else:
             totals.recovered += self.reconcile(grace=LOST_JOB_GRACE)
 
-    def reconcile(self, *, grace: float) -> int:
+    def reconcile(self, *, grace: float, everything: bool = False) -> int:
         """Resolve every task in flight that Redis disagrees with (``recovery.judge``).
 
         Lost jobs are sent again as a new attempt; attempts whose worker died or
-        hung are failed (and retried if attempts are left). Returns how many.
+        hung are failed (and retried if attempts are left). With ``everything``
+        (Redis restarted: its view of any job is worthless) all are sent again.
+        Returns how many tasks it acted on.
         """
         with store.reading(self.engine) as session:
             flights = store.in_flight(session=session)
         if not flights:
+            self._picked_since.clear()
             return 0
-        jobs = self.broker.job_states([f.job_id for f in flights if f.job_id])
+        jobs = self._observe(self.broker.job_states([f.job_id for f in flights if f.job_id]))
         limits = Limits(grace=grace, queue_timeout=QUEUE_TIMEOUT, timeout_margin=TIMEOUT_MARGIN)
         moment = datetime.now(timezone.utc)
         resend: dict[str, list[Flight]] = {}
         failures: list[Report] = []
         for flight in flights:
             job = jobs.get(flight.job_id or "", JobState(exists=False))
-            verdict = judge(flight, job, now=moment, limits=limits)
+            if everything:
+                verdict: Verdict | None = Verdict(True, "re-dispatched: Redis restarted")
+            else:
+                verdict = judge(flight, job, now=moment, limits=limits)
             if verdict is None:
                 continue
             if verdict.redispatch:
@@ -237,6 +255,18 @@ class Dispatcher:
         for r in failures:
             log.warning("task %r attempt %d failed: %s", r.task_id, r.attempt, r.error)
         return len(dispatches) + len(failures)
+
+    def _observe(self, jobs: dict[str, JobState]) -> dict[str, JobState]:
+        """Add how long each job has been seen picked by a worker but not started."""
+        moment = time.monotonic()
+        picked = {job_id for job_id, job in jobs.items() if job.picked and job.status == "queued"}
+        self._picked_since = {j: self._picked_since.get(j, moment) for j in picked}
+        return {
+            job_id: replace(job, picked_for=moment - self._picked_since[job_id])
+            if job_id in picked
+            else job
+            for job_id, job in jobs.items()
+        }
 
     # ------------------------------------------------------------------ the lease
 

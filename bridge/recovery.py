@@ -34,7 +34,11 @@ class JobState:
     """RQ's job status: queued, started, finished, failed, stopped, canceled..."""
     started_at: datetime | None = None
     waiting: bool = False
-    """In the queue or RQ's intermediate queue (picked but not yet started)."""
+    """In the queue, waiting for a worker."""
+    picked: bool = False
+    """In RQ's intermediate queue: a worker took it and has not started it (yet)."""
+    picked_for: float | None = None
+    """Seconds the dispatcher has seen it picked and not started (None: not picked)."""
     heartbeat: bool = False
     """The worker running it renewed its heartbeat within the TTL."""
 
@@ -54,6 +58,8 @@ class Limits:
     """Seconds a job may wait in the queue before it is sent again."""
     timeout_margin: float = 30.0
     """Seconds past a task's timeout before a still-working attempt is failed."""
+    picked_grace: float = 5.0
+    """Seconds a job may sit picked but not started (a worker stopped in between)."""
 
 
 def parse_time(text: str | None) -> datetime | None:
@@ -90,6 +96,12 @@ def judge(flight: Flight, job: JobState, *, now: datetime, limits: Limits) -> Ve
         return None
     if job.status in ("failed", "stopped", "canceled"):
         return Verdict(False, f"JobFailed: RQ marked the job {job.status} before it reported")
+    if job.status == "queued" and job.picked and not job.waiting:
+        if job.picked_for is not None and job.picked_for > limits.picked_grace:
+            return Verdict(
+                True, "re-dispatched: a worker took its job and stopped before running it"
+            )
+        return None
     if job.status == "queued" and not job.waiting:
         return Verdict(True, "re-dispatched: its job had left the queue without running")
     if job.status == "queued" and now - queued_at > timedelta(seconds=limits.queue_timeout):

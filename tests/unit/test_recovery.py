@@ -101,3 +101,17 @@ def test_parse_time_reads_both_our_stamps_and_rqs():
     assert parse_time("2026-01-01 12:00:00.000000") == NOW
     assert parse_time("2026-01-01T12:00:00.000000Z") == NOW
     assert parse_time(None) is None
+
+
+def test_a_job_picked_by_a_worker_that_stopped_before_starting_it_is_sent_again():
+    picked = JobState(exists=True, status="queued", picked=True, picked_for=6.0)
+    result = verdict(flight(), picked)
+    assert result is not None and result.redispatch and "stopped before running" in result.reason
+
+
+def test_a_job_just_picked_by_a_worker_is_left_alone():
+    assert verdict(flight(), JobState(exists=True, status="queued", picked=True)) is None
+    assert (
+        verdict(flight(), JobState(exists=True, status="queued", picked=True, picked_for=1.0))
+        is None
+    )
