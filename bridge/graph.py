@@ -166,11 +166,8 @@ def check_new_graph(
     ``existing`` holds the ids already stored that the new specs refer to. A cycle
     can only close among new tasks: stored tasks never depend on tasks added later.
     """
-    new_ids: set[str] = set()
+    new_ids = unique_ids(specs)
     for spec in specs:
-        if spec.id in new_ids:
-            raise GraphError(f"duplicate task id {spec.id!r}")
-        new_ids.add(spec.id)
         payload = spec.payload_json()
         if payload is not None and len(payload.encode()) > max_payload:
             raise GraphError(
@@ -187,6 +184,16 @@ def check_new_graph(
     cycle = find_cycle(specs)
     if cycle:
         raise GraphError("dependency cycle: " + " -> ".join(repr(t) for t in cycle))
+
+
+def unique_ids(specs: Iterable[TaskSpec]) -> set[str]:
+    """The ids of ``specs``; a duplicate is an error."""
+    ids: set[str] = set()
+    for spec in specs:
+        if spec.id in ids:
+            raise GraphError(f"duplicate task id {spec.id!r}")
+        ids.add(spec.id)
+    return ids
 
 
 def find_cycle(specs: list[TaskSpec]) -> list[str] | None:

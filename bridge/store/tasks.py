@@ -53,11 +53,7 @@ def add_tasks(
     With ``skip_same``, a task that already exists with the same definition is
     skipped (rerunning a file resumes); any other clash is an error.
     """
-    seen: set[str] = set()
-    for spec in specs:
-        if spec.id in seen:
-            raise GraphError(f"duplicate task id {spec.id!r}")
-        seen.add(spec.id)
+    graph.unique_ids(specs)  # before any are set aside as already stored
     conn = session.connection()
     referenced = sorted({s.id for s in specs} | {d for s in specs for d in s.dependencies})
     stored: dict[str, Any] = {}

@@ -44,6 +44,16 @@ def _first_redispatch(db_path, since: float) -> float | None:
     return None
 
 
+SUPERVISION = pytest.mark.parametrize(
+    "supervised",
+    [
+        pytest.param(False, id="processes-ride-it-out"),
+        pytest.param(True, id="supervisor-restarts-processes"),
+    ],
+)
+"""Each Redis fault twice: the same processes must survive it, and restarted ones too."""
+
+
 def _graph_midway(tmp_path, env, db_path, fleet):
     log = tmp_path / "runs.log"
     graph = graph_from(log, size=60, sleep=0.15)
@@ -55,16 +65,7 @@ def _graph_midway(tmp_path, env, db_path, fleet):
     return log, graph
 
 
-@pytest.mark.parametrize(
-    "supervised",
-    [
-        pytest.param(
-            False,
-            id="processes-ride-it-out",
-        ),
-        pytest.param(True, id="supervisor-restarts-processes"),
-    ],
-)
+@SUPERVISION
 def test_redis_crash_and_restart_mid_graph(
     supervised, tmp_path, fault_env, db_path, redis_server, processes, fault_table
 ):
@@ -117,16 +118,7 @@ def _flush_while_dispatcher_waits(url: str) -> bool:
     return dispatcher_blocked(listing)
 
 
-@pytest.mark.parametrize(
-    "supervised",
-    [
-        pytest.param(
-            False,
-            id="processes-ride-it-out",
-        ),
-        pytest.param(True, id="supervisor-restarts-processes"),
-    ],
-)
+@SUPERVISION
 def test_flushall_mid_graph(
     supervised, tmp_path, fault_env, db_path, redis_server, processes, fault_table
 ):
