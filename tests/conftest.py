@@ -6,6 +6,7 @@ the shell cannot leak settings into a test.
 
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,11 @@ for _name in [n for n in os.environ if n.startswith("BRIDGE_")]:
     del os.environ[_name]
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# SQLite files, logs and Redis directories of the tests live in memory where the machine
+# offers it: a busy shared disk otherwise decides how long the suite takes.
+if os.access("/dev/shm", os.W_OK) and "PYTEST_DEBUG_TEMPROOT" not in os.environ:
+    tempfile.tempdir = "/dev/shm"
 
 from helpers import Processes  # noqa: E402
 
