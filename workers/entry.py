@@ -88,10 +88,11 @@ class Monitor:
                 due = [
                     w for w in self._watches.values() if not w.start_sent and w.start_due <= moment
                 ]
-                beating = list(self._watches.items()) if moment >= next_beat else []
+                beat = moment >= next_beat
+                beating = list(self._watches.items()) if beat else []
             for watch in due:
                 self._report_start(watch)
-            if beating:
+            if beat:  # advance even with nothing to renew, or an idle worker would spin
                 next_beat = moment + HEARTBEAT_EVERY
                 for key, watch in beating:
                     try:
