@@ -13,7 +13,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from types import FrameType
@@ -325,10 +324,7 @@ def serve(
     """Run a dispatcher in this process until SIGINT/SIGTERM."""
     dispatcher = Dispatcher(settings, engine, broker)
     dispatcher.install_signal_handlers()
-    try:
-        return dispatcher.run(once=once)
-    except RedisError as exc:
-        raise store.StoreError(f"lost Redis: {exc}") from None
+    return dispatcher.run(once=once)
 
 
 def totals_line(stats: TickStats) -> str:
@@ -336,6 +332,3 @@ def totals_line(stats: TickStats) -> str:
         f"applied {stats.applied} report(s), ignored {stats.ignored},"
         f" dispatched {stats.dispatched}, recovered {stats.recovered}"
     )
-
-
-__all__: Sequence[str] = ["Dispatcher", "TickStats", "serve", "totals_line"]

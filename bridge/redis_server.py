@@ -154,13 +154,7 @@ class PrivateRedis:
         within a few seconds. Safe to call more than once.
         """
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        _terminate(process)
         self._discard_directory()
 
     def kill(self) -> None:
@@ -183,15 +177,8 @@ class PrivateRedis:
         """
         if self._port is None:
             return self.start()
-        if self.running:
-            process, self._process = self._process, None
-            assert process is not None
-            process.terminate()
-            try:
-                process.wait(timeout=_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        process, self._process = self._process, None
+        _terminate(process)
         return self.start()
 
     # -- context manager ---------------------------------------------------
@@ -272,6 +259,18 @@ class PrivateRedis:
             shutil.rmtree(self._directory, ignore_errors=True)
             self._directory = None
             self._owns_directory = False
+
+
+def _terminate(process: subprocess.Popen | None) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``_STOP_TIMEOUT``."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=_STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _last_log_line(logfile: str) -> str:

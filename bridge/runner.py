@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bridge import store
 from bridge.broker import BrokerError, connect
 from bridge.redis_server import NO_REDIS_MESSAGE, PrivateRedis, find_redis_binary
-from bridge.render import console
+from bridge.render import console, tasks_table
 from bridge.settings import Settings, redact_url
 from bridge.states import FINISHED_BADLY, TaskStatus
 
@@ -199,8 +199,6 @@ def run_graph(
             private.stop()
     with store.reading(engine) as session:
         tasks = [store.get_task(session=session, task_id=t) for t in task_ids]
-    from bridge.render import tasks_table
-
     shown = [t for t in tasks if t is not None]
     if len(shown) <= 50:
         out.print(tasks_table(shown, title="bridge run"))

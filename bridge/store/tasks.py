@@ -18,7 +18,7 @@ from bridge.states import (
     TaskStatus,
 )
 from bridge.store.engine import TaskStateError, now
-from bridge.store.tables import _CHUNK, EDGES, EVENTS, SLOTS, TASKS, _chunks, _event, _record
+from bridge.store.tables import EDGES, EVENTS, SLOTS, TASKS, _chunks, _event, _record
 
 
 def spec_of(row: Any) -> TaskSpec:
@@ -148,12 +148,11 @@ def list_slots(*, session: Session) -> list[WorkerSlot]:
 
 def dependents_blocked_by(*, session: Session, task_ids: Sequence[str]) -> int:
     """How many waiting tasks have a dependency among ``task_ids`` (direct only)."""
-    if not task_ids:
-        return 0
-    query = select(func.count(func.distinct(EDGES.c.task_id))).where(
-        EDGES.c.depends_on.in_(list(task_ids)[:_CHUNK])
-    )
-    return int(session.execute(query).scalar() or 0)
+    waiting: set[str] = set()
+    for chunk in _chunks(list(task_ids)):
+        query = select(EDGES.c.task_id).where(EDGES.c.depends_on.in_(chunk)).distinct()
+        waiting.update(session.execute(query).scalars())
+    return len(waiting)
 
 
 def dependency_states(*, session: Session, task_id: str) -> list[tuple[str, str]]:
