@@ -193,7 +193,7 @@ def add_specs(context: Context, specs: list[graph.TaskSpec], *, skip_same: bool)
 
 
 def _warn_unknown_kinds(settings: Settings, specs: list[graph.TaskSpec]) -> None:
-    from workers.registry import HandlerError, is_registered, load_modules
+    from bridge.workers.registry import HandlerError, is_registered, load_modules
 
     try:
         load_modules(settings.handlers)
@@ -371,7 +371,7 @@ def dispatch(context: Context, once: bool) -> None:
 @pass_context
 def worker(context: Context, burst: bool, name: str | None, quiet: bool) -> None:
     """Run an RQ worker on the bridge queue."""
-    from workers.process import run_worker
+    from bridge.workers.process import run_worker
 
     try:
         run_worker(

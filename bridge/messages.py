@@ -13,7 +13,7 @@ from typing import Any
 
 from bridge.states import ReportKind
 
-JOB_FUNCTION = "workers.entry.run_task"
+JOB_FUNCTION = "bridge.workers.entry.run_task"
 """The one function RQ runs; the dispatcher names it by string and imports no worker code."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")

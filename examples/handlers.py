@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from workers import handler
+from bridge.workers import handler
 
 
 @handler("word_count")

@@ -4,7 +4,7 @@ import os
 import time
 from typing import Any
 
-from workers import handler
+from bridge.workers import handler
 
 
 @handler("record")

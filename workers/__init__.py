@@ -1,14 +1,17 @@
-"""What runs inside an RQ worker: the job entry point and the handler registry.
+"""Compatibility alias for a source checkout: ``from workers import handler``.
 
-Users register handlers with::
-
-    from workers import handler
-
-    @handler("resize")
-    def resize(payload):
-        ...
+The worker code is the ``bridge.workers`` package; only that name is installed,
+so a project's own ``workers`` package is never shadowed by bridge's (nor the
+reverse). This folder is not installed; in a checkout it makes the old import
+path name the very same modules (one handler registry, not two copies).
+New code writes ``from bridge import handler``.
 """
 
-from workers.registry import HandlerError, get_handler, handler, is_registered, registered
+import importlib
+import sys
 
-__all__ = ["HandlerError", "get_handler", "handler", "is_registered", "registered"]
+import bridge.workers as _real
+
+for _name in ("registry", "builtin", "entry", "process"):
+    sys.modules[f"{__name__}.{_name}"] = importlib.import_module(f"bridge.workers.{_name}")
+sys.modules[__name__] = _real

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workers import handler
+from bridge.workers import handler
 
 
 def _runs_so_far(log: str, name: str) -> int:

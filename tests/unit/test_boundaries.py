@@ -2,8 +2,8 @@
 
 - Only the store talks SQL: ``sqlalchemy``/``sqlmodel`` are imported only by
   the ``bridge/store/`` package and ``bridge/models.py``.
-- Only the broker talks RQ: ``rq`` is imported only by ``bridge/broker.py`` and ``workers/``.
-- Workers need only Redis: nothing under ``workers/`` imports the store, the models or
+- Only the broker talks RQ: ``rq`` is imported only by ``bridge/broker.py`` and ``bridge/workers/``.
+- Workers need only Redis: nothing under ``bridge/workers/`` imports the store, the models or
   SQL libraries, directly or through the project modules it imports.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("bridge", "workers")
+PACKAGES = ("bridge",)
 
 SQL_LIBRARIES = {"sqlalchemy", "sqlmodel"}
 RQ_OWNERS = {"bridge.broker"}
@@ -92,7 +92,9 @@ def project_closure(module: str) -> set[str]:
 
 
 def test_the_scan_sees_the_modules_it_is_about():
-    assert {"bridge.store", "bridge.models", "bridge.broker", "workers.entry"} <= set(MODULES)
+    assert {"bridge.store", "bridge.models", "bridge.broker", "bridge.workers.entry"} <= set(
+        MODULES
+    )
     assert "sqlalchemy" in {top(n) for n in imports_of("bridge.store")}
     assert "rq" in {top(n) for n in imports_of("bridge.broker")}
 
@@ -115,7 +117,7 @@ def test_only_the_store_and_models_import_sql_libraries(module):
     assert offending == [], f"{MODULES[module].relative_to(ROOT)} imports {offending}"
 
 
-RQ_USERS = sorted(m for m in MODULES if m not in RQ_OWNERS and top(m) != "workers")
+RQ_USERS = sorted(m for m in MODULES if m not in RQ_OWNERS and not m.startswith("bridge.workers"))
 
 
 @pytest.mark.parametrize("module", RQ_USERS)
@@ -124,7 +126,7 @@ def test_only_the_broker_and_workers_import_rq(module):
     assert offending == [], f"{MODULES[module].relative_to(ROOT)} imports {offending}"
 
 
-WORKER_MODULES = sorted(m for m in MODULES if top(m) == "workers")
+WORKER_MODULES = sorted(m for m in MODULES if m.startswith("bridge.workers"))
 
 
 @pytest.mark.parametrize("module", WORKER_MODULES)
@@ -138,8 +140,9 @@ def test_workers_never_reach_the_database(module):
 def test_a_worker_process_loads_no_sql_library():
     # The same rule at run time: import everything a worker runs and look at sys.modules.
     code = (
-        "import sys, workers, workers.entry, workers.process, workers.builtin\n"
-        "from workers.registry import get_handler\n"
+        "import sys, bridge.workers, bridge.workers.entry, bridge.workers.process\n"
+        "import bridge.workers.builtin\n"
+        "from bridge.workers.registry import get_handler\n"
         "get_handler('noop')\n"
         "bad = sorted(m for m in sys.modules"
         " if m.split('.')[0] in ('sqlalchemy', 'sqlmodel')"

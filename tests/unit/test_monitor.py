@@ -6,7 +6,7 @@ import time
 
 from bridge.messages import Report
 from bridge.states import ReportKind
-from workers.entry import Monitor, Watch
+from bridge.workers.entry import Monitor, Watch
 
 
 class RecordingRedis:

@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from workers import registry
-from workers.registry import HandlerError, get_handler, handler, is_registered, load_modules
+from bridge.workers import registry
+from bridge.workers.registry import HandlerError, get_handler, handler, is_registered, load_modules
 
 
 @pytest.fixture(autouse=True)

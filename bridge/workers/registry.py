@@ -71,4 +71,4 @@ def load_modules(modules: Iterable[str]) -> None:
 
 
 def _load_builtins() -> None:
-    importlib.import_module("workers.builtin")
+    importlib.import_module("bridge.workers.builtin")

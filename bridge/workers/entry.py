@@ -24,7 +24,7 @@ from rq import get_current_job
 from bridge.broker import publish
 from bridge.messages import Report, cancel_key, heartbeat_key, output_json, truncate
 from bridge.states import ReportKind
-from workers.registry import get_handler
+from bridge.workers.registry import get_handler
 
 HEARTBEAT_TTL = 10
 """Seconds a heartbeat lives; the dispatcher declares a worker dead once it expires."""

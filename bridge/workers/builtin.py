@@ -3,7 +3,7 @@
 import time
 from typing import Any
 
-from workers.registry import handler
+from bridge.workers.registry import handler
 
 
 @handler("noop")

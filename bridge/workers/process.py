@@ -9,7 +9,7 @@ from rq.serializers import JSONSerializer
 
 from bridge.broker import connect
 from bridge.settings import Settings
-from workers.registry import load_modules
+from bridge.workers.registry import load_modules
 
 log = logging.getLogger("bridge.worker")
 
