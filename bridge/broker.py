@@ -21,6 +21,7 @@ from rq.command import send_stop_job_command
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from bridge.errors import BridgeError
 from bridge.messages import (
     JOB_FUNCTION,
     Dispatch,
@@ -47,7 +48,7 @@ NO_TIMEOUT = -1
 """RQ's "never time out": a task without ``timeout`` runs as long as it needs."""
 
 
-class BrokerError(RuntimeError):
+class BrokerError(BridgeError):
     """Redis cannot be used; the message names the URL (password hidden)."""
 
 

@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 
 from bridge import graph, render, store
 from bridge.broker import Broker, BrokerError, connect, nudge_quietly
-from bridge.graph import GraphError
+from bridge.errors import BridgeError
 from bridge.settings import (
     DEFAULT_DATABASE_URL,
     DEFAULT_QUEUE,
@@ -22,12 +22,9 @@ from bridge.settings import (
     DEFAULT_SLOTS,
     WORKER_CLASSES,
     Settings,
-    SettingsError,
     redact_url,
 )
 from bridge.states import TaskStatus
-
-USER_ERRORS = (GraphError, store.StoreError, BrokerError, SettingsError, LookupError)
 
 
 class Context:
@@ -432,7 +429,7 @@ def main() -> None:
         fail(exc.format_message().replace("\n", " "), 2)
     except click.ClickException as exc:
         fail(exc.format_message().replace("\n", " "), exc.exit_code)
-    except USER_ERRORS as exc:
+    except BridgeError as exc:
         fail(str(exc).replace("\n", " "))
     except KeyboardInterrupt:
         sys.exit(130)

@@ -6,6 +6,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.errors import BridgeError
+
 SPEC_KEYS = frozenset(
     {"id", "description", "kind", "payload", "dependencies", "priority", "max_attempts", "timeout"}
 )
@@ -14,7 +16,7 @@ INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 """What a database integer column holds."""
 
 
-class GraphError(ValueError):
+class GraphError(BridgeError, ValueError):
     """Input that cannot be added; the message is the one line the user sees."""
 
 

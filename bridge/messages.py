@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from bridge.errors import BridgeError
 from bridge.states import ReportKind
 
 JOB_FUNCTION = "bridge.workers.entry.run_task"
@@ -58,7 +59,7 @@ class Dispatch:
     timeout: int | None
 
 
-class ReportError(ValueError):
+class ReportError(BridgeError, ValueError):
     """A message on the report stream that is not a report."""
 
 

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bridge import store
 from bridge.broker import BrokerError, connect
+from bridge.errors import BridgeError
 from bridge.redis_server import NO_REDIS_MESSAGE, PrivateRedis, find_redis_binary
 from bridge.render import console, tasks_table
 from bridge.settings import Settings, redact_url
@@ -32,7 +33,7 @@ STOP_GRACE = 30.0
 """Seconds children get to finish their current task after SIGTERM."""
 
 
-class RunError(RuntimeError):
+class RunError(BridgeError):
     """``bridge run`` cannot start; one line for the user."""
 
 

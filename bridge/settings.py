@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit, urlunsplit
 
+from bridge.errors import BridgeError
+
 DEFAULT_DATABASE_URL = "sqlite:///task-coordinator.db"
 """The seed's file, ``./task-coordinator.db``, relative to the working directory."""
 
@@ -26,7 +28,7 @@ DEFAULT_MAX_OUTPUT = 1024 * 1024
 """Bytes of handler output or error kept in the database; longer text is truncated."""
 
 
-class SettingsError(ValueError):
+class SettingsError(BridgeError, ValueError):
     """A setting has a value that cannot work; the CLI prints it as one line."""
 
 

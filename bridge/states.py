@@ -7,6 +7,8 @@ is the single statement of which transitions exist.
 from dataclasses import dataclass
 from enum import Enum
 
+from bridge.defaults import BACKOFF_BASE, BACKOFF_CAP
+
 
 class TaskStatus(str, Enum):
     AVAILABLE = "available"
@@ -71,12 +73,6 @@ class ReportKind(str, Enum):
     STARTED = "started"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-
-
-BACKOFF_BASE = 2.0
-"""Seconds before the first retry; doubled for each further failure."""
-BACKOFF_CAP = 300.0
-"""No retry waits longer than this."""
 
 
 def backoff_seconds(failures: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:

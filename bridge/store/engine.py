@@ -11,12 +11,14 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlmodel import Session, SQLModel, create_engine
 
+from bridge.errors import BridgeError
+
 BUSY_TIMEOUT_MS = 30_000
 """How long a writer waits for SQLite's lock before giving up: CLI commands run
 while the dispatcher is busy wait instead of failing with "database is locked"."""
 
 
-class StoreError(RuntimeError):
+class StoreError(BridgeError):
     """A database problem the user can act on; the CLI prints it as one line."""
 
 

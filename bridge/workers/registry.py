@@ -9,13 +9,15 @@ import importlib
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from bridge.errors import BridgeError
+
 Handler = Callable[[Any], Any]
 F = TypeVar("F", bound=Handler)
 
 _HANDLERS: dict[str, Handler] = {}
 
 
-class HandlerError(LookupError):
+class HandlerError(BridgeError, LookupError):
     """No handler is registered for a task's kind, or a handler module will not load."""
 
 

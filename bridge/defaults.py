@@ -1,0 +1,77 @@
+"""Every timing default in one place, each with the reason for its value.
+
+The dispatcher, the workers, ``bridge run`` and the recovery rules read these;
+the README's guarantees table quotes them. Change one here and its bound in
+the README changes with it.
+"""
+
+# ---------------------------------------------------------------- worker side
+
+HEARTBEAT_EVERY = 2.0
+"""Seconds between heartbeats of a running job. They come from the worker process
+that watches the job (the forking worker's parent), never from the job itself, so a
+handler that holds the GIL cannot starve them."""
+HEARTBEAT_TTL = 10
+"""Seconds a heartbeat lives: five missed beats before the dispatcher may presume the
+worker dead. A worker paused (SIGSTOP) longer than this is treated as lost."""
+START_REPORT_DELAY = 0.1
+"""Seconds a job runs before its ``started`` report is sent on its own; a shorter job
+sends one report whose outcome carries its start."""
+WORKER_RESTART_AFTER = 2.0
+"""Seconds a worker waits before starting over after losing Redis."""
+
+# ---------------------------------------------------------------- dispatcher
+
+LEASE_TTL = 15.0
+"""Seconds a dispatcher's lease lasts unless renewed: a standby takes over after this."""
+LEASE_MARGIN = 5.0
+"""Dispatch only while the lease has this long left, so a successor cannot overlap."""
+CHECK_EVERY = 1.0
+"""Seconds between checks for lost jobs, dead workers and a restarted Redis."""
+LOST_JOB_GRACE = 5.0
+"""A job missing from Redis this long after its dispatch was lost by Redis."""
+PICKED_GRACE = 5.0
+"""Seconds a job may sit taken by a worker but not started (the worker stopped between)."""
+TIMEOUT_MARGIN = 30.0
+"""A task still ``working`` this long past its timeout is failed as stuck."""
+QUEUE_TIMEOUT = 600.0
+"""A job waiting in the queue this long is withdrawn and sent again."""
+REPORT_GRACE = 60.0
+"""A job that RQ says finished has a report on its way; only if none has arrived this
+long after is the attempt presumed to have lost it, and the task sent again."""
+MAX_BLOCK = 0.5
+"""Longest blocking read on the report stream, so stop requests are seen quickly."""
+DATABASE_RETRY = 1.0
+"""Seconds the dispatcher waits before trying again after a database error."""
+DATABASE_RETRY_CAP = 30.0
+"""Longest wait between tries while the database keeps failing."""
+
+# ---------------------------------------------------------------- fencing marks
+
+FENCE_TTL = 7 * 24 * 3600
+"""Seconds a superseded attempt's mark lives in Redis: a worker paused longer than
+this with the job in hand could still start it (the database still ignores its reports)."""
+RESULT_TTL = 600
+"""Seconds RQ keeps a finished job; the report already carries what matters."""
+FAILURE_TTL = 24 * 3600
+"""Seconds RQ keeps a failed job in its failed registry, for ``rq info`` and dashboards."""
+
+# ---------------------------------------------------------------- retries
+
+BACKOFF_BASE = 2.0
+"""Seconds before the first retry of a failed attempt; doubled for each further failure."""
+BACKOFF_CAP = 300.0
+"""No retry waits longer than this."""
+
+# ---------------------------------------------------------------- database
+
+BUSY_TIMEOUT_MS = 30_000
+"""How long a SQLite writer waits for the lock before giving up: CLI commands run
+while the dispatcher is busy wait instead of failing with "database is locked"."""
+
+# ---------------------------------------------------------------- bridge run
+
+RUN_POLL = 0.25
+"""Seconds between looks at the database while ``bridge run``/``wait`` watch a graph."""
+STOP_GRACE = 30.0
+"""Seconds children get to finish their current task after SIGTERM."""
