@@ -1,0 +1,1 @@
+"""Benchmarks of bridge against plain RQ: ``python benchmarks/run.py --help``."""

@@ -1,0 +1,351 @@
+"""What every measured run stands on: a private Redis, scratch folders, child processes.
+
+Nothing here knows a scenario. A run gets a sandbox (fresh folder, flushed Redis),
+starts real processes through it, and every process is stopped when the sandbox
+closes, whatever happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from rq import Queue, Worker
+from rq.registry import FailedJobRegistry, FinishedJobRegistry
+from rq.serializers import JSONSerializer
+
+from bridge import store
+from bridge.redis_server import PrivateRedis
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BRIDGE = [sys.executable, "-m", "bridge"]
+BRIDGE_QUEUE = "bench"
+RQ_QUEUE = "rqbench"
+RQ_NOOP = "rq_jobs.noop"
+UNFINISHED = ("available", "queued", "working", "failed", "cancelled")
+POLL = 0.05
+"""Seconds between completion polls of the throughput runs (both sides alike)."""
+CHAIN_POLL = 0.01
+"""Chains finish in a second or two: poll finer so the poll does not dominate per-link numbers."""
+READY_TIMEOUT = 30.0
+
+Popen = subprocess.Popen
+
+
+class BenchError(RuntimeError):
+    """A run could not be measured (a process died, a task failed, a time limit passed)."""
+
+
+class Processes:
+    """Child processes of one run; each in its own session, its output in ``logdir``."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.started: list[Popen[bytes]] = []
+
+    def start(self, name: str, argv: Sequence[str], env: dict[str, str]) -> Popen[bytes]:
+        log = open(self.logdir / f"{len(self.started):02d}-{name}.log", "wb")
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                env=env,
+                cwd=str(self.logdir),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        self.started.append(proc)
+        return proc
+
+    @staticmethod
+    def stop(proc: Popen[bytes], timeout: float = 15.0) -> int:
+        """SIGTERM (warm shutdown), then SIGKILL of the process group we created."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        _kill_group(proc)  # a fork worker's work-horse, if one is left
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            self.stop(proc)
+        self.started.clear()
+
+    def logs(self, tail: int = 3000) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-tail:]}"
+            for p in sorted(self.logdir.glob("*.log"))
+        )
+
+
+def _kill_group(proc: Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if proc.poll() is None:
+        proc.wait(timeout=10)
+
+
+def vm_hwm_kb(pid: int) -> int | None:
+    """Peak resident set size (VmHWM) of a live process, in KiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+@dataclass
+class Env:
+    """What all runs share: options, the private Redis, a scratch directory."""
+
+    args: argparse.Namespace
+    redis: PrivateRedis
+    client: redis.Redis
+    scratch: Path
+    counter: int = 0
+
+    def base_env(self) -> dict[str, str]:
+        """The parent's environment without BRIDGE_/RQ_ settings; ``rq_jobs`` importable."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "RQ_"))}
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+        )
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def bridge_env(self, db: Path, worker_class: str) -> dict[str, str]:
+        env = self.base_env()
+        env.update(
+            BRIDGE_DATABASE_URL=f"sqlite:///{db}",
+            BRIDGE_REDIS_URL=self.redis.url,
+            BRIDGE_QUEUE=BRIDGE_QUEUE,
+            BRIDGE_WORKER_CLASS=worker_class,
+            BRIDGE_SLOTS=str(self.args.slots),
+        )
+        return env
+
+    def redis_pid(self) -> int:
+        return int(self.client.info("server")["process_id"])
+
+    @contextmanager
+    def sandbox(self, label: str) -> Iterator[tuple[Path, Processes]]:
+        """A fresh folder and an empty Redis; every process started here is stopped after."""
+        self.counter += 1
+        folder = self.scratch / f"{self.counter:03d}-{label}"
+        folder.mkdir()
+        procs = Processes(folder)
+        self.client.flushall()
+        try:
+            yield folder, procs
+        except BaseException:
+            procs.stop_all()
+            if self.args.verbose:
+                print(procs.logs(), file=sys.stderr)
+            raise
+        finally:
+            procs.stop_all()
+            if not self.args.keep:
+                shutil.rmtree(folder, ignore_errors=True)
+            self.client.flushall()
+
+
+# ------------------------------------------------------------------------------ starting
+
+
+def spawn_bridge(
+    env: Env, procs: Processes, db: Path, workers: int, worker_class: str
+) -> tuple[Popen[bytes], list[Popen[bytes]]]:
+    """A real ``bridge dispatch`` and ``workers`` real ``bridge worker --quiet``; no waiting."""
+    penv = env.bridge_env(db, worker_class)
+    dispatcher = procs.start("dispatch", [*BRIDGE, "dispatch"], penv)
+    started = [
+        procs.start(f"worker{i + 1}", [*BRIDGE, "worker", "--quiet"], penv) for i in range(workers)
+    ]
+    return dispatcher, started
+
+
+def wait_bridge_ready(
+    env: Env, procs: Processes, db: Path, watched: Sequence[Popen[bytes]], workers: int
+) -> None:
+    """Until the workers are registered and the dispatcher has rebuilt its slot table."""
+    queue = Queue(BRIDGE_QUEUE, connection=env.client, serializer=JSONSerializer)
+    wait_for(
+        lambda: (
+            Worker.count(connection=env.client, queue=queue) >= workers
+            and _dispatcher_ready(db, env.args.slots)
+        ),
+        "bridge dispatcher and workers to start",
+        watched,
+        procs,
+    )
+
+
+def _dispatcher_ready(db: Path, slots: int) -> bool:
+    try:
+        with open_sqlite(db) as conn:
+            leases = conn.execute("SELECT count(*) FROM leases").fetchone()[0]
+            rows = conn.execute("SELECT count(*) FROM worker_slots").fetchone()[0]
+    except sqlite3.Error:
+        return False
+    return leases >= 1 and rows >= slots
+
+
+def spawn_rq_workers(
+    env: Env, procs: Processes, workers: int, worker_class: str
+) -> list[Popen[bytes]]:
+    """``workers`` plain RQ workers (``rq_worker.py``), built as ``bridge worker`` builds its."""
+    argv = [sys.executable, str(HERE / "rq_worker.py"), env.redis.url, RQ_QUEUE, worker_class]
+    return [procs.start(f"rqworker{i + 1}", argv, env.base_env()) for i in range(workers)]
+
+
+def wait_rq_ready(
+    env: Env, procs: Processes, watched: Sequence[Popen[bytes]], workers: int
+) -> None:
+    queue = rq_queue(env)
+    wait_for(
+        lambda: Worker.count(connection=env.client, queue=queue) >= workers,
+        "RQ workers to start",
+        watched,
+        procs,
+    )
+
+
+def rq_queue(env: Env) -> Queue:
+    return Queue(RQ_QUEUE, connection=env.client, serializer=JSONSerializer)
+
+
+def wait_for(
+    predicate: Callable[[], bool],
+    what: str,
+    watched: Sequence[Popen[bytes]],
+    procs: Processes,
+    timeout: float = READY_TIMEOUT,
+    every: float = 0.05,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if any(p.poll() is not None for p in watched):
+            raise BenchError(f"a process died while waiting for {what}:\n{procs.logs()}")
+        time.sleep(every)
+    raise BenchError(f"timed out after {timeout:g}s waiting for {what}:\n{procs.logs()}")
+
+
+# ------------------------------------------------------------------------------ databases
+
+
+@contextmanager
+def open_sqlite(db: Path) -> Iterator[sqlite3.Connection]:
+    conn = sqlite3.connect(str(db), timeout=30)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def new_db(folder: Path) -> tuple[Path, Any]:
+    """A fresh SQLite file with bridge's schema, and an engine on it."""
+    db = folder / "bench.db"
+    return db, store.open_engine(f"sqlite:///{db}")
+
+
+# ------------------------------------------------------------------------------ completion
+
+
+def wait_bridge_done(
+    db: Path,
+    watched: Sequence[Popen[bytes]],
+    procs: Processes,
+    timeout: float,
+    every: float = POLL,
+) -> tuple[float, float]:
+    """Poll the database until no task is unfinished.
+
+    Returns the ``perf_counter`` when the first task was seen done, and when all were.
+    """
+    deadline = time.monotonic() + timeout
+    marks = ",".join("?" * len(UNFINISHED))
+    first: float | None = None
+    with open_sqlite(db) as conn:
+        total = conn.execute(
+            f"SELECT count(*) FROM tasks WHERE status IN ({marks})", UNFINISHED
+        ).fetchone()[0]
+        while True:
+            counts = dict(
+                conn.execute(
+                    f"SELECT status, count(*) FROM tasks WHERE status IN ({marks}) GROUP BY status",
+                    UNFINISHED,
+                ).fetchall()
+            )
+            now = time.perf_counter()
+            if first is None and sum(counts.values()) < total:
+                first = now
+            if not counts:
+                return first if first is not None else now, now
+            if counts.get("failed") or counts.get("cancelled"):
+                raise BenchError(f"bridge tasks failed: {counts}\n{procs.logs()}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"bridge did not finish within {timeout:g}s: {counts}")
+            if any(p.poll() is not None for p in watched):
+                raise BenchError(f"a bridge process died: {counts}\n{procs.logs()}")
+            time.sleep(every)
+
+
+def wait_rq_done(
+    env: Env,
+    total: int,
+    watched: Sequence[Popen[bytes]],
+    procs: Processes,
+    timeout: float,
+    every: float = POLL,
+) -> tuple[float, float]:
+    """Poll Redis until ``total`` jobs are in the finished registry.
+
+    Returns the ``perf_counter`` when the first job was seen finished, and when all were.
+    """
+    queue = rq_queue(env)
+    finished = FinishedJobRegistry(queue=queue).key
+    failed = FailedJobRegistry(queue=queue).key
+    deadline = time.monotonic() + timeout
+    first: float | None = None
+    while True:
+        with env.client.pipeline(transaction=False) as pipe:
+            pipe.zcard(finished)
+            pipe.zcard(failed)
+            done, bad = pipe.execute()
+        now = time.perf_counter()
+        if first is None and done:
+            first = now
+        if done >= total:
+            return first if first is not None else now, now
+        if bad:
+            raise BenchError(f"{bad} RQ job(s) failed\n{procs.logs()}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"RQ did not finish within {timeout:g}s: {done}/{total}")
+        if any(p.poll() is not None for p in watched):
+            raise BenchError(f"an RQ worker died\n{procs.logs()}")
+        time.sleep(every)

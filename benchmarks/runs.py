@@ -1,0 +1,291 @@
+"""One measured run each: bridge or plain RQ, one workload, one worker class.
+
+Timed as a user would see it. The work is in place first (tasks committed, jobs
+enqueued); the clock starts just before the processes are started, so the
+dispatcher's and the workers' start-up are inside it, and stops when the last
+task is ``done`` (bridge: its status in the database) or the last job is in
+RQ's finished registry. Both sides are polled alike.
+
+Every run returns a flat dict of numbers (the report keeps them all in
+``BENCH_JSON``), with ``cpu_ms_<process>`` per task for each process.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+
+from benchmarks import profiling
+from benchmarks.cpu import CpuMeter, LoadMeter, per_task_ms
+from benchmarks.harness import (
+    BRIDGE,
+    CHAIN_POLL,
+    RQ_QUEUE,
+    BenchError,
+    Env,
+    Popen,
+    Processes,
+    new_db,
+    open_sqlite,
+    spawn_bridge,
+    spawn_rq_workers,
+    vm_hwm_kb,
+    wait_bridge_done,
+    wait_bridge_ready,
+    wait_rq_done,
+)
+from benchmarks.workloads import (
+    chain_specs,
+    fill_history,
+    noop_specs,
+    preload_bridge,
+    preload_rq,
+    preload_rq_chain,
+)
+from bridge.graph import TaskSpec
+
+Numbers = dict[str, float]
+
+
+def _start_bridge(
+    env: Env, procs: Processes, db: Path, workers: int, worker_class: str, meter: CpuMeter
+) -> tuple[Popen[bytes], list[Popen[bytes]]]:
+    dispatcher, started = spawn_bridge(env, procs, db, workers, worker_class)
+    meter.add("dispatcher", dispatcher.pid)
+    for i, proc in enumerate(started):
+        meter.add(f"worker{i + 1}", proc.pid)
+    return dispatcher, started
+
+
+def _start_rq(
+    env: Env, procs: Processes, workers: int, worker_class: str, meter: CpuMeter
+) -> list[Popen[bytes]]:
+    started = spawn_rq_workers(env, procs, workers, worker_class)
+    for i, proc in enumerate(started):
+        meter.add(f"worker{i + 1}", proc.pid)
+    return started
+
+
+def _timed(
+    count: int, t0: float, ends: tuple[float, float], cpu: dict[str, float], noise: Numbers
+) -> Numbers:
+    first, last = ends
+    return {
+        "seconds": last - t0,
+        "per_second": count / (last - t0),
+        "first_done_seconds": first - t0,
+        **per_task_ms(cpu, count),
+        **noise,
+    }
+
+
+def bridge_throughput(env: Env, tasks: int, worker_class: str, history: int = 0) -> Numbers:
+    """Scenario 1 (and 3 with ``history``): ``tasks`` independent noops, 2 workers."""
+    with env.sandbox(f"bridge-throughput-{worker_class}-h{history}") as (folder, procs):
+        db, engine = new_db(folder)
+        if history:
+            fill_history(db, history)
+        client_cpu = preload_bridge(engine, noop_specs(tasks))
+        engine.dispose()
+        meter = CpuMeter({"redis": env.redis_pid()})
+        load = LoadMeter()
+        t0 = time.perf_counter()
+        dispatcher, workers = _start_bridge(env, procs, db, 2, worker_class, meter)
+        spies = profiling.attach(env, folder, {"dispatcher": dispatcher, "worker1": workers[0]})
+        ends = wait_bridge_done(db, [dispatcher, *workers], procs, env.args.timeout)
+        cpu = meter.stop()
+        hwm = vm_hwm_kb(dispatcher.pid)
+        noise = load.stop(sum(cpu.values()))
+        if spies:
+            procs.stop_all()
+            profiling.collect(env, spies, f"{worker_class}-h{history}")
+    cpu["client"] = client_cpu
+    return {**_timed(tasks, t0, ends, cpu, noise), "dispatcher_hwm_kb": hwm or 0}
+
+
+def rq_throughput(env: Env, jobs: int, worker_class: str) -> Numbers:
+    """Scenario 1, plain RQ: ``jobs`` noops enqueued in one MULTI/EXEC, 2 workers."""
+    with env.sandbox(f"rq-throughput-{worker_class}") as (_folder, procs):
+        client_cpu = preload_rq(env, jobs)
+        meter = CpuMeter({"redis": env.redis_pid()})
+        load = LoadMeter()
+        t0 = time.perf_counter()
+        workers = _start_rq(env, procs, 2, worker_class, meter)
+        ends = wait_rq_done(env, jobs, workers, procs, env.args.timeout)
+        cpu = meter.stop()
+        noise = load.stop(sum(cpu.values()))
+    cpu["client"] = client_cpu
+    return _timed(jobs, t0, ends, cpu, noise)
+
+
+def bridge_chain(env: Env, links: int, worker_class: str) -> Numbers:
+    """Scenario 2: a linear chain of noops, 1 worker."""
+    with env.sandbox(f"bridge-chain-{worker_class}") as (folder, procs):
+        db, engine = new_db(folder)
+        preload_bridge(engine, chain_specs(links))
+        engine.dispose()
+        meter = CpuMeter({"redis": env.redis_pid()})
+        load = LoadMeter()
+        t0 = time.perf_counter()
+        dispatcher, workers = _start_bridge(env, procs, db, 1, worker_class, meter)
+        ends = wait_bridge_done(
+            db, [dispatcher, *workers], procs, env.args.timeout, every=CHAIN_POLL
+        )
+        cpu = meter.stop()
+        noise = load.stop(sum(cpu.values()))
+        with open_sqlite(db) as conn:
+            first, last = conn.execute(
+                "SELECT min(started_at), max(completed_at) FROM tasks"
+            ).fetchone()
+    return _chain(links, t0, ends, cpu, noise, _seconds_between(first, last))
+
+
+def rq_chain(env: Env, links: int, worker_class: str) -> Numbers:
+    """Scenario 2, plain RQ: job i enqueued with ``depends_on`` job i-1, 1 worker."""
+    with env.sandbox(f"rq-chain-{worker_class}") as (_folder, procs):
+        head, tail = preload_rq_chain(env, links)
+        meter = CpuMeter({"redis": env.redis_pid()})
+        load = LoadMeter()
+        t0 = time.perf_counter()
+        workers = _start_rq(env, procs, 1, worker_class, meter)
+        ends = wait_rq_done(env, links, workers, procs, env.args.timeout, every=CHAIN_POLL)
+        cpu = meter.stop()
+        noise = load.stop(sum(cpu.values()))
+        head.refresh()
+        tail.refresh()
+        if head.started_at is None or tail.ended_at is None:
+            raise BenchError("RQ chain jobs carry no start/end time")
+        span = (tail.ended_at - head.started_at).total_seconds()
+    return _chain(links, t0, ends, cpu, noise, span)
+
+
+def _chain(
+    links: int,
+    t0: float,
+    ends: tuple[float, float],
+    cpu: dict[str, float],
+    noise: Numbers,
+    span: float,
+) -> Numbers:
+    numbers = _timed(links, t0, ends, cpu, noise)
+    numbers["ms_per_link"] = numbers["seconds"] * 1000 / links
+    numbers["span_ms_per_link"] = span * 1000 / links
+    return numbers
+
+
+def _seconds_between(first: str, last: str) -> float:
+    fmt = "%Y-%m-%d %H:%M:%S.%f"
+    return (datetime.strptime(last, fmt) - datetime.strptime(first, fmt)).total_seconds()
+
+
+def bridge_bulk_cli(env: Env, graph_file: Path, count: int, keep_db: Path | None = None) -> Numbers:
+    """Scenario 4: ``bridge add --file`` as a real subprocess, timed end to end.
+
+    The database file already has its schema (an existing deployment's). With
+    ``keep_db`` the loaded database is moved there for scenario 5b.
+    """
+    with env.sandbox("bridge-bulk-cli") as (folder, _procs):
+        db, engine = new_db(folder)
+        engine.dispose()
+        out, err = folder / "add.out", folder / "add.err"
+        with open(out, "wb") as stdout, open(err, "wb") as stderr:
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(
+                [*BRIDGE, "add", "--file", str(graph_file)],
+                env=env.bridge_env(db, "simple"),
+                cwd=str(folder),
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+            )
+            peak_kb = 0  # VmHWM restarts at exec; ru_maxrss would count the fork of this process
+            deadline = time.monotonic() + env.args.timeout
+            while proc.poll() is None:
+                peak_kb = max(peak_kb, vm_hwm_kb(proc.pid) or 0)
+                if time.monotonic() > deadline:
+                    proc.kill()
+                try:
+                    proc.wait(timeout=0.02)
+                except subprocess.TimeoutExpired:
+                    pass
+            seconds = time.perf_counter() - t0
+        text = out.read_text() + err.read_text()
+        if proc.returncode != 0 or f"added {count} task(s)" not in text:
+            raise BenchError(f"bridge add failed ({proc.returncode}): {text}")
+        if keep_db is not None:
+            _move_db(db, keep_db)
+    return {"seconds": seconds, "per_second": count / seconds, "peak_rss_kb": peak_kb}
+
+
+def _move_db(source: Path, target: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        if Path(f"{source}{suffix}").exists():
+            shutil.move(f"{source}{suffix}", f"{target}{suffix}")
+
+
+def bridge_bulk_store(env: Env, specs: list[TaskSpec]) -> Numbers:
+    """Scenario 4, in process: ``store.add_tasks`` in one transaction, commit included."""
+    with env.sandbox("bridge-bulk-store") as (folder, _procs):
+        _db, engine = new_db(folder)
+        t0 = time.perf_counter()
+        preload_bridge(engine, specs)
+        seconds = time.perf_counter() - t0
+        engine.dispose()
+    return {"seconds": seconds, "per_second": len(specs) / seconds}
+
+
+def rq_bulk(env: Env, count: int) -> Numbers:
+    """Scenario 4, plain RQ: ``prepare_data`` + ``enqueue_many`` of independent jobs."""
+    with env.sandbox("rq-bulk") as (_folder, _procs):
+        t0 = time.perf_counter()
+        preload_rq(env, count)
+        seconds = time.perf_counter() - t0
+        queued = env.client.llen(f"rq:queue:{RQ_QUEUE}")
+        if queued != count:
+            raise BenchError(f"RQ queue holds {queued} of {count} jobs")
+    return {"seconds": seconds, "per_second": count / seconds}
+
+
+def bridge_memory_complete(env: Env, specs: list[TaskSpec], worker_class: str) -> Numbers:
+    """Scenario 5a: a layered graph run to completion; dispatcher VmHWM before stopping it."""
+    with env.sandbox("bridge-memory-complete") as (folder, procs):
+        db, engine = new_db(folder)
+        preload_bridge(engine, specs)
+        engine.dispose()
+        meter = CpuMeter()
+        t0 = time.perf_counter()
+        dispatcher, workers = _start_bridge(env, procs, db, 2, worker_class, meter)
+        ends = wait_bridge_done(db, [dispatcher, *workers], procs, env.args.timeout)
+        cpu = meter.stop()
+        hwm = vm_hwm_kb(dispatcher.pid)
+    return {**_timed(len(specs), t0, ends, cpu, {}), "hwm_kb": hwm or 0}
+
+
+def bridge_memory_bounded(
+    env: Env, db: Path, count: int, seconds: float, worker_class: str
+) -> Numbers:
+    """Scenario 5b: ``db`` holds the whole bulk graph; dispatch for ``seconds``, VmHWM then."""
+    with env.sandbox("bridge-memory-bounded") as (folder, procs):
+        _move_db(db, folder / "bench.db")
+        db = folder / "bench.db"
+        t0 = time.perf_counter()
+        dispatcher, workers = spawn_bridge(env, procs, db, 2, worker_class)
+        wait_bridge_ready(env, procs, db, [dispatcher, *workers], 2)
+        ready = time.perf_counter() - t0
+        time.sleep(seconds)
+        hwm = vm_hwm_kb(dispatcher.pid)
+        elapsed = time.perf_counter() - t0
+        if dispatcher.poll() is not None:
+            raise BenchError(f"dispatcher died\n{procs.logs()}")
+        with open_sqlite(db) as conn:
+            done = conn.execute("SELECT count(*) FROM tasks WHERE status = 'done'").fetchone()[0]
+    return {
+        "seconds": elapsed,
+        "startup_seconds": ready,
+        "tasks": count,
+        "done": done,
+        "hwm_kb": hwm or 0,
+    }

@@ -1,0 +1,111 @@
+"""The work the scenarios hand to both sides: task lists, graphs, a history, preloading.
+
+Work is put in place before the clock starts, as a user's backlog would be: bridge's
+tasks committed to the database, RQ's jobs enqueued in Redis.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from benchmarks.harness import RQ_NOOP, RQ_QUEUE, BenchError, Env, open_sqlite, rq_queue
+from bridge import store
+from bridge.graph import TaskSpec
+
+
+def noop_specs(count: int, prefix: str = "t") -> list[TaskSpec]:
+    return [TaskSpec(id=f"{prefix}{i:07d}", kind="noop") for i in range(count)]
+
+
+def chain_specs(count: int) -> list[TaskSpec]:
+    return [
+        TaskSpec(id=f"c{i:06d}", kind="noop", dependencies=(f"c{i - 1:06d}",) if i else ())
+        for i in range(count)
+    ]
+
+
+def layered_graph(count: int, seed: int = 7) -> list[dict[str, Any]]:
+    """``count`` noop tasks in layers; each depends on 1-3 tasks of the layer before."""
+    rng = random.Random(seed)
+    width = max(1, min(1000, count // 20))
+    tasks: list[dict[str, Any]] = []
+    previous: list[str] = []
+    layer = 0
+    while len(tasks) < count:
+        current = []
+        for i in range(min(width, count - len(tasks))):
+            task_id = f"L{layer:04d}-{i:04d}"
+            deps = rng.sample(previous, rng.randint(1, min(3, len(previous)))) if previous else []
+            tasks.append({"id": task_id, "kind": "noop", "dependencies": deps})
+            current.append(task_id)
+        previous = current
+        layer += 1
+    return tasks
+
+
+def fill_history(db: Path, count: int) -> None:
+    """``count`` finished tasks (status done, one event each), inserted with plain SQL.
+
+    Columns not named here take their schema defaults.
+    """
+    at = "2024-01-01 00:00:00.000000"
+    rows = (
+        (f"h{i:07d}", "history", "done", "[]", "null", at, at, at, at, "noop", i + 1, f"job-h{i}")
+        for i in range(count)
+    )
+    with open_sqlite(db) as conn:
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO tasks (id, description, status, dependencies, output, started_at,"
+            " completed_at, created_at, updated_at, kind, priority, attempts, max_attempts,"
+            " failures, timeout, pending_deps, seq, job_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 1, 1, 0, NULL, 0, ?, ?)",
+            rows,
+        )
+        conn.executemany(
+            "INSERT INTO task_events (task_id, from_status, to_status, attempt, worker, at,"
+            " detail) VALUES (?, 'working', 'done', 1, 'history', ?, 'succeeded')",
+            ((f"h{i:07d}", at) for i in range(count)),
+        )
+        conn.execute("COMMIT")
+
+
+def preload_bridge(engine: Any, specs: list[TaskSpec]) -> float:
+    """Commit ``specs`` as ``bridge add`` does (one transaction); returns the CPU it took."""
+    own = time.process_time()
+    with store.writing(engine) as session:
+        store.add_tasks(session=session, specs=specs)
+    return time.process_time() - own
+
+
+def preload_rq(env: Env, count: int) -> float:
+    """``count`` noop jobs by ``enqueue_many`` in one MULTI/EXEC; returns the CPU it took."""
+    own = time.process_time()
+    data = [Queue.prepare_data(RQ_NOOP) for _ in range(count)]
+    with env.client.pipeline() as pipe:
+        rq_queue(env).enqueue_many(data, pipeline=pipe)
+        pipe.execute()
+    return time.process_time() - own
+
+
+def preload_rq_chain(env: Env, links: int) -> tuple[Job, Job]:
+    """A ``depends_on`` chain of noop jobs: the head queued, every other job deferred."""
+    queue = rq_queue(env)
+    head = Job.create(
+        RQ_NOOP, connection=env.client, serializer=JSONSerializer, id="c000000", origin=RQ_QUEUE
+    )
+    head.save()
+    previous = head
+    for i in range(1, links):
+        previous = queue.enqueue(RQ_NOOP, job_id=f"c{i:06d}", depends_on=previous)
+        if previous.get_status() is not JobStatus.DEFERRED:
+            raise BenchError(f"RQ chain job {previous.id} is {previous.get_status()}")
+    queue.enqueue_job(head)
+    return head, previous
