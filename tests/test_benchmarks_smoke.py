@@ -1,0 +1,47 @@
+"""The benchmark runs end to end in its quick mode and reports what the README says it does.
+
+Timing values are not checked (the machine is shared); the shape of the report is.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_throughput_reports_rates_ratio_and_cpu_per_process(tmp_path):
+    # Given the benchmark in quick mode, throughput only, SimpleWorker on both sides
+    argv = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick"]
+    argv += ["--only", "throughput", "--worker-classes", "simple", "--tasks", "100"]
+    # When it runs end to end (its own private Redis, real bridge and RQ processes)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    # Then it succeeds and its last line is the machine-readable report
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("BENCH_JSON ")
+    report = json.loads(last.removeprefix("BENCH_JSON "))
+    assert report["config"]["quick"] is True
+    assert report["config"]["repeat"] == 1
+    assert report["config"]["worker_classes"] == ["simple"]
+    # And the throughput row compares bridge with plain RQ against the 0.8 target
+    rows = {(r["scenario"], r["metric"]): r for r in report["results"]}
+    main = rows[("1 throughput, simple", "tasks/s (100)")]
+    assert main["bridge"] > 0 and main["rq"] > 0
+    assert main["ratio"] == main["bridge"] / main["rq"]
+    assert main["target"] == ">= 0.8" and main["verdict"] in ("PASS", "MISS")
+    # And CPU per task is reported for each process of both sides
+    for process in ("dispatcher", "worker1", "worker2", "redis", "client"):
+        assert ("1 throughput, simple", f"CPU ms/task, {process}") in rows
+    (bridge_run,) = report["runs"]["throughput_bridge_simple"]
+    (rq_run,) = report["runs"]["throughput_rq_simple"]
+    for key in ("cpu_ms_dispatcher", "cpu_ms_worker1", "cpu_ms_worker2", "cpu_ms_redis"):
+        assert bridge_run[key] > 0, key
+    for key in ("cpu_ms_worker1", "cpu_ms_worker2", "cpu_ms_redis"):
+        assert rq_run[key] > 0, key
+    for run in (bridge_run, rq_run):
+        assert 0 < run["first_done_seconds"] <= run["seconds"]
+    # And the same table is printed in markdown, ready for the README
+    assert "| scenario | metric | bridge | plain RQ | ratio | target | verdict |" in result.stdout
+    assert "| 1 throughput, simple | tasks/s (100) |" in result.stdout
