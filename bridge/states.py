@@ -60,10 +60,6 @@ ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
 (a new attempt); ``-> available`` from in flight is a failed attempt with retries left."""
 
 
-def can_transition(source: TaskStatus, target: TaskStatus) -> bool:
-    return target in ALLOWED[source]
-
-
 def sources_of(target: TaskStatus) -> tuple[str, ...]:
     """Every status from which ``target`` may be reached, for a guarded UPDATE."""
     return tuple(sorted(s.value for s, targets in ALLOWED.items() if target in targets))
