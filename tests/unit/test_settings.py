@@ -1,135 +1,172 @@
-"""Settings: environment first, then CLI overrides, validated once."""
+"""Settings as a user gives them: environment variables and global options of the CLI.
+
+Click reads the environment (each global option names its ``BRIDGE_*`` variable), so
+these tests go through ``bridge.cli.cli`` in process (``CliRunner``) or through the
+real ``python -m bridge`` when what matters is what the user sees on the terminal.
+``redact_url`` is a pure function and is tested as one.
+"""
+
+import json
+import os
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+from helpers import bridge, query
 
-from bridge.settings import (
-    DEFAULT_DATABASE_URL,
-    DEFAULT_MAX_OUTPUT,
-    DEFAULT_QUEUE,
-    DEFAULT_REDIS_URL,
-    DEFAULT_SLOTS,
-    DEFAULT_WORKER_CLASS,
-    Settings,
-    SettingsError,
-    parse_handlers,
-    redact_url,
-)
+from bridge.cli import cli
+from bridge.settings import SettingsError, redact_url
+
+UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
+"""``add`` nudges a dispatcher through Redis at best effort: never the shared 6379."""
 
 
-def test_defaults_with_an_empty_environment():
-    settings = Settings.from_env({})
-    assert settings == Settings()
-    assert settings.database_url == DEFAULT_DATABASE_URL == "sqlite:///task-coordinator.db"
-    assert settings.redis_url == DEFAULT_REDIS_URL
-    assert settings.queue == DEFAULT_QUEUE
-    assert settings.slots == DEFAULT_SLOTS == 5
-    assert settings.handlers == ()
-    assert settings.worker_class == DEFAULT_WORKER_CLASS == "fork"
-    assert settings.max_output == DEFAULT_MAX_OUTPUT
-    assert settings.redis_explicit is False
+def invoke(*args: str, env: dict[str, str]):
+    """``bridge ARGS`` in process, with ``env`` as the only BRIDGE_* settings."""
+    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
 
 
-def test_empty_variables_count_as_unset():
-    env = {name: "" for name in Settings().as_env()}
-    assert Settings.from_env(env) == Settings()
-    assert Settings.from_env(env).redis_explicit is False
+def task_ids(db: Path) -> list[str]:
+    return [row[0] for row in query(db, "SELECT id FROM tasks ORDER BY id")]
 
 
-def test_values_from_the_environment():
-    settings = Settings.from_env(
-        {
-            "BRIDGE_DATABASE_URL": "sqlite:////tmp/x.db",
-            "BRIDGE_REDIS_URL": "redis://example:6380/2",
-            "BRIDGE_QUEUE": "jobs.v2",
-            "BRIDGE_SLOTS": "12",
-            "BRIDGE_HANDLERS": " my.handlers , other ,, ",
-            "BRIDGE_WORKER_CLASS": "simple",
-            "BRIDGE_MAX_OUTPUT": "2048",
-            "UNRELATED": "ignored",
-        }
-    )
-    assert settings.database_url == "sqlite:////tmp/x.db"
-    assert settings.redis_url == "redis://example:6380/2"
-    assert settings.redis_explicit is True
-    assert settings.queue == "jobs.v2"
-    assert settings.slots == 12
-    assert settings.handlers == ("my.handlers", "other")
-    assert settings.worker_class == "simple"
-    assert settings.max_output == 2048
+def test_the_database_named_in_the_environment_is_the_one_used(tmp_path):
+    # Given BRIDGE_DATABASE_URL in the environment
+    db = tmp_path / "env.db"
+    env = {"BRIDGE_DATABASE_URL": f"sqlite:///{db}", "BRIDGE_REDIS_URL": UNREACHABLE_REDIS}
+    # When a task is added and the tasks are listed
+    invoke("add", "t1", env=env)
+    listed = json.loads(invoke("list", "--json", env=env).stdout)
+    # Then both commands used that file
+    assert task_ids(db) == ["t1"]
+    assert [t["id"] for t in listed] == ["t1"]
 
 
-def test_overrides_win_over_the_environment_and_none_means_not_given():
-    env = {"BRIDGE_SLOTS": "3", "BRIDGE_QUEUE": "envq"}
-    settings = Settings.from_env(env, slots=9, queue=None, handlers="a,b")
-    assert settings.slots == 9
-    assert settings.queue == "envq"
-    assert settings.handlers == ("a", "b")
-    assert settings.redis_explicit is False
-    assert Settings.from_env({}, redis_url="redis://h/0").redis_explicit is True
+def test_an_option_wins_over_its_environment_variable(tmp_path):
+    # Given BRIDGE_DATABASE_URL naming one file
+    from_env, from_option = tmp_path / "env.db", tmp_path / "option.db"
+    env = {"BRIDGE_DATABASE_URL": f"sqlite:///{from_env}", "BRIDGE_REDIS_URL": UNREACHABLE_REDIS}
+    # When --database-url names another
+    invoke("--database-url", f"sqlite:///{from_option}", "add", "t1", env=env)
+    # Then the option's database got the task and the variable's was never created
+    assert task_ids(from_option) == ["t1"]
+    assert not from_env.exists()
 
 
-def test_as_env_round_trips():
-    settings = Settings(
-        database_url="sqlite:///a.db",
-        redis_url="redis://h:1/0",
-        queue="q",
-        slots=2,
-        handlers=("m1", "m2"),
-        worker_class="simple",
-        max_output=4096,
-    )
-    assert Settings.from_env(settings.as_env()) == settings
+def test_an_empty_variable_counts_as_unset(tmp_path, monkeypatch):
+    # Given BRIDGE_DATABASE_URL set but empty, in a fresh folder
+    monkeypatch.chdir(tmp_path)
+    env = {"BRIDGE_DATABASE_URL": "", "BRIDGE_REDIS_URL": UNREACHABLE_REDIS}
+    # When a task is added
+    invoke("add", "t1", env=env)
+    # Then the default database in the working directory is used
+    assert task_ids(tmp_path / "task-coordinator.db") == ["t1"]
 
 
-def test_explicit_environment_is_used_instead_of_os_environ(monkeypatch):
-    monkeypatch.setenv("BRIDGE_SLOTS", "7")
-    assert Settings.from_env().slots == 7
-    assert Settings.from_env({}).slots == DEFAULT_SLOTS
-
-
-@pytest.mark.parametrize("value", ["0", "-1", "many", "1.5", " "])
-def test_invalid_slots_raise(value):
-    with pytest.raises(SettingsError, match="SLOTS|slots"):
-        Settings.from_env({"BRIDGE_SLOTS": value})
-
-
-def test_invalid_slots_override_raises():
+def test_an_invalid_value_is_refused_before_anything_runs(tmp_path):
+    # Given BRIDGE_SLOTS=0
+    db = tmp_path / "t.db"
+    env = {"BRIDGE_DATABASE_URL": f"sqlite:///{db}", "BRIDGE_SLOTS": "0"}
+    # When any command is given, in process
     with pytest.raises(SettingsError, match="slots must be at least 1, got 0"):
-        Settings.from_env({}, slots=0)
+        CliRunner().invoke(cli, ["add", "t1"], env=env, catch_exceptions=False)
+    # Then the command never ran
+    assert not db.exists()
 
 
-@pytest.mark.parametrize("value", ["thread", "FORK", "spawn", "fork "])
-def test_invalid_worker_class_raises(value):
-    with pytest.raises(SettingsError, match="worker class must be one of fork, simple"):
-        Settings.from_env({"BRIDGE_WORKER_CLASS": value})
+def clean_env(tmp_path: Path, **settings: str) -> dict[str, str]:
+    """A real process's environment: the test's database, unreachable Redis, ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env["BRIDGE_DATABASE_URL"] = f"sqlite:///{tmp_path / 't.db'}"
+    env["BRIDGE_REDIS_URL"] = UNREACHABLE_REDIS
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
+    return {**env, **settings}
 
 
-@pytest.mark.parametrize("queue", ["has space", "a:b", "a/b", "q*", "a\nb"])
-def test_invalid_queue_names_raise(queue):
-    with pytest.raises(SettingsError, match="queue name"):
-        Settings.from_env({"BRIDGE_QUEUE": queue})
+@pytest.mark.parametrize(
+    ("settings", "options", "message"),
+    [
+        ({"BRIDGE_SLOTS": "0"}, [], "slots must be at least 1, got 0"),
+        ({"BRIDGE_SLOTS": "-3"}, [], "slots must be at least 1, got -3"),
+        ({}, ["--slots", "0"], "slots must be at least 1, got 0"),
+        ({"BRIDGE_SLOTS": "many"}, [], "'many' is not a valid integer"),
+        ({"BRIDGE_WORKER_CLASS": "thread"}, [], "'thread' is not one of 'fork', 'simple'"),
+        ({"BRIDGE_QUEUE": "a b"}, [], "queue name must be"),
+        ({"BRIDGE_MAX_OUTPUT": "100"}, [], "max output must be at least 1024 bytes, got 100"),
+    ],
+    ids=["slots-0", "slots-negative", "slots-option-0", "slots-text", "class", "queue", "output"],
+)
+def test_a_bad_setting_is_one_error_line_and_the_database_is_not_touched(
+    tmp_path, settings, options, message
+):
+    # Given a setting that cannot work, in the environment or as an option
+    env = clean_env(tmp_path, **settings)
+    # When the user adds a task
+    result = bridge(*options, "add", "t1", env=env)
+    # Then one line says what is wrong, with no traceback, and nothing was created
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert message in lines[0]
+    assert not (tmp_path / "t.db").exists()
 
 
-@pytest.mark.parametrize("value", ["1023", "0", "lots"])
-def test_invalid_max_output_raises(value):
-    with pytest.raises(SettingsError, match="MAX_OUTPUT|max output"):
-        Settings.from_env({"BRIDGE_MAX_OUTPUT": value})
+def test_max_output_from_the_environment_limits_payloads_and_the_option_lifts_it(tmp_path):
+    # Given BRIDGE_MAX_OUTPUT=1024 and a payload of about 2,000 bytes
+    env = clean_env(tmp_path, BRIDGE_MAX_OUTPUT="1024")
+    payload = json.dumps("x" * 2000)
+    # When it is added under the variable's limit
+    refused = bridge("add", "big", "--payload", payload, env=env)
+    # Then it is refused in one line
+    assert refused.returncode != 0
+    assert refused.stderr.startswith("error: ") and len(refused.stderr.splitlines()) == 1
+    # And with --max-output 4096 the same command succeeds
+    accepted = bridge("--max-output", "4096", "add", "big", "--payload", payload, env=env)
+    assert accepted.returncode == 0, accepted.stderr
+    assert task_ids(tmp_path / "t.db") == ["big"]
 
 
-def test_settings_error_is_a_value_error():
-    assert issubclass(SettingsError, ValueError)
+@pytest.mark.parametrize(
+    ("handlers", "warned"),
+    [(" , test_handlers ,, ", False), ("", True), ("no_such_module_xyz", True)],
+    ids=["padded-list", "empty", "missing-module"],
+)
+def test_handlers_are_a_comma_separated_list_of_modules(tmp_path, handlers, warned):
+    # Given BRIDGE_HANDLERS with spaces and empty items, empty, or naming a missing module
+    env = clean_env(tmp_path, BRIDGE_HANDLERS=handlers)
+    # When a task of a kind registered in tests/test_handlers.py is added
+    result = bridge("add", "t1", "--kind", "record", env=env)
+    # Then the task is added; only without that module is the user warned its kind is unknown
+    assert result.returncode == 0, result.stderr
+    assert ("no handler registered here for kind(s) record" in result.stderr) is warned
 
 
-def test_with_validates_too():
-    assert Settings().with_(slots=3).slots == 3
-    with pytest.raises(SettingsError):
-        Settings().with_(slots=0)
+def test_slots_reach_the_dispatcher_from_the_environment_and_the_option_wins(
+    tmp_path, redis_server
+):
+    # Given BRIDGE_SLOTS=3 and a reachable Redis
+    env = clean_env(tmp_path, BRIDGE_SLOTS="3", BRIDGE_REDIS_URL=redis_server.url)
+    db = tmp_path / "t.db"
+
+    def slot_count(*options: str) -> int:
+        result = bridge(*options, "dispatch", "--once", env=env)
+        assert result.returncode == 0, result.stderr
+        return query(db, "SELECT count(*) FROM worker_slots")[0][0]
+
+    # When one dispatcher pass runs with the variable alone, then with --slots 7
+    # Then the slot table follows the variable, then the option
+    assert slot_count() == 3
+    assert slot_count("--slots", "7") == 7
 
 
-def test_parse_handlers():
-    assert parse_handlers("") == ()
-    assert parse_handlers("a") == ("a",)
-    assert parse_handlers(" a, b ,,c ") == ("a", "b", "c")
+def test_help_names_the_environment_variable_of_every_global_option():
+    result = CliRunner().invoke(cli, ["--help"], catch_exceptions=False)
+    for name in ("DATABASE_URL", "REDIS_URL", "QUEUE", "SLOTS", "HANDLERS", "WORKER_CLASS"):
+        assert f"BRIDGE_{name}" in result.output
+    assert "BRIDGE_MAX_OUTPUT" in result.output
 
 
 # --------------------------------------------------------------------------- redact_url
