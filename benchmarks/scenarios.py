@@ -64,6 +64,12 @@ def quiet_row(
     return [ratio_row(scenario, metric, median(b_quiet, key), median(r_quiet, key), note=note)]
 
 
+def paired_ratios(b_runs: list[Run], r_runs: list[Run], key: str) -> str:
+    """Bridge / RQ round by round: how much the ratio moved between rounds."""
+    pairs = [b[key] / r[key] for b, r in zip(b_runs, r_runs, strict=False) if r[key]]
+    return "per round: " + ", ".join(f"{p:.2f}" for p in pairs)
+
+
 def cpu_rows(scenario: str, b_runs: list[Run], r_runs: list[Run]) -> list[Row]:
     """CPU milliseconds per task of each process, and of all of them, both sides."""
     rows = [
@@ -130,7 +136,7 @@ def throughput(env: Env, res: Results, worker_class: str) -> None:
                 f">= {THROUGHPUT_TARGET}",
                 b / r >= THROUGHPUT_TARGET,
                 note="processes started -> last task done; work in place before; 2 workers,"
-                f" BRIDGE_SLOTS={args.slots}",
+                f" BRIDGE_SLOTS={args.slots}; {paired_ratios(b_runs, r_runs, 'per_second')}",
             )
         )
         res.rows += quiet_row(scenario, "tasks/s, quiet runs", b_runs, r_runs, "per_second")
@@ -193,7 +199,8 @@ def chain(env: Env, res: Results, worker_class: str) -> None:
             r,
             f"<= {CHAIN_TARGET}",
             b / r <= CHAIN_TARGET,
-            note="processes started -> last link done, / links (start-up included)",
+            note="processes started -> last link done, / links (start-up included);"
+            f" {paired_ratios(b_runs, r_runs, 'ms_per_link')}",
         )
     )
     res.rows += quiet_row(scenario, "ms/link, quiet runs", b_runs, r_runs, "ms_per_link")
