@@ -172,6 +172,29 @@ class Env:
             self.client.flushall()
 
 
+class CommandMeter:
+    """Redis commands run between ``__init__`` and ``stop`` (``INFO commandstats``).
+
+    Round trips are what a job costs beyond its Python work. The benchmark's own
+    commands (its completion polls and these reads) are left out.
+    """
+
+    OWN = frozenset({"info", "config|resetstat", "config", "zcard", "flushall"})
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        client.config_resetstat()
+
+    def stop(self) -> dict[str, int]:
+        stats = self.client.info("commandstats")
+        calls = {
+            name.removeprefix("cmdstat_"): int(value["calls"])
+            for name, value in stats.items()
+            if isinstance(value, dict) and "calls" in value
+        }
+        return {name: count for name, count in calls.items() if name not in self.OWN}
+
+
 # ------------------------------------------------------------------------------ starting
 
 

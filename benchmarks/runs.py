@@ -25,6 +25,7 @@ from benchmarks.harness import (
     CHAIN_POLL,
     RQ_QUEUE,
     BenchError,
+    CommandMeter,
     Env,
     Popen,
     Processes,
@@ -70,16 +71,26 @@ def _start_rq(
 
 
 def _timed(
-    count: int, t0: float, ends: tuple[float, float], cpu: dict[str, float], noise: Numbers
+    count: int,
+    t0: float,
+    ends: tuple[float, float],
+    cpu: dict[str, float],
+    noise: Numbers,
+    commands: dict[str, int] | None = None,
 ) -> Numbers:
     first, last = ends
-    return {
+    numbers = {
         "seconds": last - t0,
         "per_second": count / (last - t0),
         "first_done_seconds": first - t0,
         **per_task_ms(cpu, count),
         **noise,
     }
+    if commands is not None:
+        numbers["redis_calls_per_task"] = sum(commands.values()) / count
+        for name, calls in sorted(commands.items()):
+            numbers[f"redis_cmd_{name.replace('|', '_')}"] = calls / count
+    return numbers
 
 
 def bridge_throughput(env: Env, tasks: int, worker_class: str, history: int = 0) -> Numbers:
@@ -91,11 +102,13 @@ def bridge_throughput(env: Env, tasks: int, worker_class: str, history: int = 0)
         client_cpu = preload_bridge(engine, noop_specs(tasks))
         engine.dispose()
         meter = CpuMeter({"redis": env.redis_pid()})
+        calls = CommandMeter(env.client)
         load = LoadMeter()
         t0 = time.perf_counter()
         dispatcher, workers = _start_bridge(env, procs, db, 2, worker_class, meter)
         spies = profiling.attach(env, folder, {"dispatcher": dispatcher, "worker1": workers[0]})
         ends = wait_bridge_done(db, [dispatcher, *workers], procs, env.args.timeout)
+        commands = calls.stop()
         cpu = meter.stop()
         hwm = vm_hwm_kb(dispatcher.pid)
         noise = load.stop(sum(cpu.values()))
@@ -103,7 +116,7 @@ def bridge_throughput(env: Env, tasks: int, worker_class: str, history: int = 0)
             procs.stop_all()
             profiling.collect(env, spies, f"{worker_class}-h{history}")
     cpu["client"] = client_cpu
-    return {**_timed(tasks, t0, ends, cpu, noise), "dispatcher_hwm_kb": hwm or 0}
+    return {**_timed(tasks, t0, ends, cpu, noise, commands), "dispatcher_hwm_kb": hwm or 0}
 
 
 def rq_throughput(env: Env, jobs: int, worker_class: str) -> Numbers:
@@ -111,14 +124,16 @@ def rq_throughput(env: Env, jobs: int, worker_class: str) -> Numbers:
     with env.sandbox(f"rq-throughput-{worker_class}") as (_folder, procs):
         client_cpu = preload_rq(env, jobs)
         meter = CpuMeter({"redis": env.redis_pid()})
+        calls = CommandMeter(env.client)
         load = LoadMeter()
         t0 = time.perf_counter()
         workers = _start_rq(env, procs, 2, worker_class, meter)
         ends = wait_rq_done(env, jobs, workers, procs, env.args.timeout)
+        commands = calls.stop()
         cpu = meter.stop()
         noise = load.stop(sum(cpu.values()))
     cpu["client"] = client_cpu
-    return _timed(jobs, t0, ends, cpu, noise)
+    return _timed(jobs, t0, ends, cpu, noise, commands)
 
 
 def bridge_chain(env: Env, links: int, worker_class: str) -> Numbers:
@@ -128,19 +143,21 @@ def bridge_chain(env: Env, links: int, worker_class: str) -> Numbers:
         preload_bridge(engine, chain_specs(links))
         engine.dispose()
         meter = CpuMeter({"redis": env.redis_pid()})
+        calls = CommandMeter(env.client)
         load = LoadMeter()
         t0 = time.perf_counter()
         dispatcher, workers = _start_bridge(env, procs, db, 1, worker_class, meter)
         ends = wait_bridge_done(
             db, [dispatcher, *workers], procs, env.args.timeout, every=CHAIN_POLL
         )
+        commands = calls.stop()
         cpu = meter.stop()
         noise = load.stop(sum(cpu.values()))
         with open_sqlite(db) as conn:
             first, last = conn.execute(
                 "SELECT min(started_at), max(completed_at) FROM tasks"
             ).fetchone()
-    return _chain(links, t0, ends, cpu, noise, _seconds_between(first, last))
+    return _chain(links, t0, ends, cpu, noise, commands, _seconds_between(first, last))
 
 
 def rq_chain(env: Env, links: int, worker_class: str) -> Numbers:
@@ -148,10 +165,12 @@ def rq_chain(env: Env, links: int, worker_class: str) -> Numbers:
     with env.sandbox(f"rq-chain-{worker_class}") as (_folder, procs):
         head, tail = preload_rq_chain(env, links)
         meter = CpuMeter({"redis": env.redis_pid()})
+        calls = CommandMeter(env.client)
         load = LoadMeter()
         t0 = time.perf_counter()
         workers = _start_rq(env, procs, 1, worker_class, meter)
         ends = wait_rq_done(env, links, workers, procs, env.args.timeout, every=CHAIN_POLL)
+        commands = calls.stop()
         cpu = meter.stop()
         noise = load.stop(sum(cpu.values()))
         head.refresh()
@@ -159,7 +178,7 @@ def rq_chain(env: Env, links: int, worker_class: str) -> Numbers:
         if head.started_at is None or tail.ended_at is None:
             raise BenchError("RQ chain jobs carry no start/end time")
         span = (tail.ended_at - head.started_at).total_seconds()
-    return _chain(links, t0, ends, cpu, noise, span)
+    return _chain(links, t0, ends, cpu, noise, commands, span)
 
 
 def _chain(
@@ -168,9 +187,10 @@ def _chain(
     ends: tuple[float, float],
     cpu: dict[str, float],
     noise: Numbers,
+    commands: dict[str, int],
     span: float,
 ) -> Numbers:
-    numbers = _timed(links, t0, ends, cpu, noise)
+    numbers = _timed(links, t0, ends, cpu, noise, commands)
     numbers["ms_per_link"] = numbers["seconds"] * 1000 / links
     numbers["span_ms_per_link"] = span * 1000 / links
     return numbers

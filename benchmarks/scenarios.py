@@ -38,7 +38,9 @@ def rounds(env: Env, steps: Sequence[tuple[str, Callable[[], Run]]]) -> dict[str
             result = fn()
             out[label].append(result)
             shown = ", ".join(
-                f"{k}={v:.4g}" for k, v in result.items() if not k.startswith("cpu_ms_")
+                f"{k}={v:.4g}"
+                for k, v in result.items()
+                if not k.startswith(("cpu_ms_", "redis_cmd_"))
             )
             print(
                 f"  {label} [{i + 1}/{env.args.repeat}] {shown}"
@@ -99,6 +101,27 @@ def cpu_rows(scenario: str, b_runs: list[Run], r_runs: list[Run]) -> list[Row]:
     return rows
 
 
+def redis_rows(scenario: str, b_runs: list[Run], r_runs: list[Run]) -> list[Row]:
+    """Redis commands per task on each side, and which commands they are."""
+    if "redis_calls_per_task" not in b_runs[0] or "redis_calls_per_task" not in r_runs[0]:
+        return []
+
+    def top(runs: list[Run]) -> str:
+        keys = [k for k in runs[0] if k.startswith("redis_cmd_")]
+        ranked = sorted(keys, key=lambda k: -median(runs, k))[:8]
+        return " ".join(f"{k.removeprefix('redis_cmd_')} {median(runs, k):.2f}" for k in ranked)
+
+    return [
+        ratio_row(
+            scenario,
+            "Redis commands/task",
+            median(b_runs, "redis_calls_per_task"),
+            median(r_runs, "redis_calls_per_task"),
+            note=f"bridge: {top(b_runs)}; RQ: {top(r_runs)}",
+        )
+    ]
+
+
 def throughput(env: Env, res: Results, worker_class: str) -> None:
     """Scenario 1 (and 3): ``--tasks`` noops, 2 workers, clock from process start."""
     args = env.args
@@ -150,6 +173,7 @@ def throughput(env: Env, res: Results, worker_class: str) -> None:
             )
         )
         res.rows += cpu_rows(scenario, b_runs, r_runs)
+        res.rows += redis_rows(scenario, b_runs, r_runs)
     if with_history:
         h_runs = res.raw[f"history_bridge_{worker_class}"] = runs["bridge+history"]
         h = median(h_runs, "per_second")
@@ -222,6 +246,7 @@ def chain(env: Env, res: Results, worker_class: str) -> None:
             note="start-up: processes started -> first link seen done",
         )
     )
+    res.rows += redis_rows(scenario, b_runs, r_runs)
 
 
 def bulk_paths(env: Env) -> tuple[Path, Path]:
