@@ -283,6 +283,9 @@ class Dispatcher:
             job = jobs.get(flight.job_id or "", JobState(exists=False))
             if everything:
                 verdict: Verdict | None = Verdict(True, "re-dispatched: Redis restarted")
+            elif flight.job_id and f"-{self.broker.namespace}-t" not in flight.job_id:
+                # Sent by a bridge before fencing tokens: today's workers refuse its job.
+                verdict = Verdict(True, "re-dispatched: its job was sent by an older bridge")
             else:
                 verdict = judge(flight, job, now=moment, limits=limits)
             if verdict is not None:

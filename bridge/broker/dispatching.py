@@ -215,7 +215,7 @@ class Broker:
         """
         running = self.supersede([Withdrawal(job_id, queue)])
         if job_id not in running:
-            return CancelOutcome(True, "its job was withdrawn before it started")
+            return CancelOutcome(True, "its job was removed from the queue before it started")
         holder = self.client.get(self.keys.alive(job_id))
         mode, _, worker = (holder or b"").decode("utf-8", "replace").partition(":")
         if mode == "simple":
