@@ -15,7 +15,15 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from benchmarks.harness import RQ_NOOP, RQ_QUEUE, BenchError, Env, open_sqlite, rq_queue
+from benchmarks.harness import (
+    BRIDGE_QUEUE,
+    RQ_NOOP,
+    RQ_QUEUE,
+    BenchError,
+    Env,
+    open_sqlite,
+    rq_queue,
+)
 from bridge import store
 from bridge.graph import TaskSpec
 
@@ -81,7 +89,7 @@ def preload_bridge(engine: Any, specs: list[TaskSpec]) -> float:
     """Commit ``specs`` as ``bridge add`` does (one transaction); returns the CPU it took."""
     own = time.process_time()
     with store.writing(engine) as session:
-        store.add_tasks(session=session, specs=specs)
+        store.add_tasks(session=session, specs=specs, queue=BRIDGE_QUEUE)
     return time.process_time() - own
 
 
