@@ -9,6 +9,7 @@ same class on both sides.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -107,9 +108,11 @@ def redis_rows(scenario: str, b_runs: list[Run], r_runs: list[Run]) -> list[Row]
         return []
 
     def top(runs: list[Run]) -> str:
-        keys = [k for k in runs[0] if k.startswith("redis_cmd_")]
-        ranked = sorted(keys, key=lambda k: -median(runs, k))[:8]
-        return " ".join(f"{k.removeprefix('redis_cmd_')} {median(runs, k):.2f}" for k in ranked)
+        keys = {k for r in runs for k in r if k.startswith("redis_cmd_")}
+        # A command some runs never sent (a script loaded once) counts 0 in those runs.
+        per_task = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in keys}
+        ranked = sorted(keys, key=lambda k: (-per_task[k], k))[:8]
+        return " ".join(f"{k.removeprefix('redis_cmd_')} {per_task[k]:.2f}" for k in ranked)
 
     return [
         ratio_row(

@@ -45,3 +45,21 @@ def test_quick_throughput_reports_rates_ratio_and_cpu_per_process(tmp_path):
     # And the same table is printed in markdown, ready for the README
     assert "| scenario | metric | bridge | plain RQ | ratio | target | verdict |" in result.stdout
     assert "| 1 throughput, simple | tasks/s (100) |" in result.stdout
+
+
+def test_redis_command_row_survives_a_command_only_some_rounds_sent():
+    # Given rounds where a command (a script load) appears in one round only
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.scenarios import redis_rows
+
+    bridge_runs = [
+        {"redis_calls_per_task": 3.0, "redis_cmd_get": 2.0, "redis_cmd_script_load": 1.0},
+        {"redis_calls_per_task": 2.0, "redis_cmd_get": 2.0},
+        {"redis_calls_per_task": 2.0, "redis_cmd_get": 2.0},
+    ]
+    rq_runs = [{"redis_calls_per_task": 1.0, "redis_cmd_get": 1.0}] * 3
+    # When the row is built
+    (row,) = redis_rows("1 throughput, simple", bridge_runs, rq_runs)
+    # Then the medians count the missing command as 0 per task
+    assert (row.bridge, row.rq, row.ratio) == (2.0, 1.0, 2.0)
+    assert "get 2.00 script_load 0.00" in row.note
