@@ -74,8 +74,10 @@ class _Run:
     def __init__(self, kind: str, payload: Any) -> None:
         self.kind = kind
         self.fields = {**_job_fields(), "kind": kind, "pid": os.getpid(), "ppid": os.getppid()}
-        if isinstance(payload, dict) and "generation" in payload:
-            self.fields["generation"] = payload["generation"]
+        if isinstance(payload, dict):  # labels a test gives its tasks, journaled as they are
+            for label in ("generation", "tag"):
+                if label in payload:
+                    self.fields[label] = payload[label]
 
     def __enter__(self) -> "_Run":
         self.start = time.time()
