@@ -22,6 +22,9 @@ The rules (issue 7, section 5b):
   earlier one was killed, or paused past the heartbeat limit, before the overlap
   ended (or Redis restarted between the two starts).
 - ``slots``: active slots name exactly the tasks in flight.
+- ``exited``: no dispatcher or worker exits on its own (the driver logs each exit,
+  as ``exited``, before restarting it as a supervisor would); the driver's own
+  problems arrive as ``driver`` faults and are reported too.
 """
 
 import json
@@ -194,6 +197,11 @@ def check(
     _check_superseded(history, runs, report)
     _check_overlaps(history, runs, report, heartbeat_ttl)
     _check_slots(history, report)
+    for f in history.faults:
+        if f.get("kind") in ("exited", "driver"):
+            report.violations.append(
+                Violation(f["kind"], None, f"{f.get('role')} {f.get('pids')}: {f.get('detail')}")
+            )
     return report
 
 

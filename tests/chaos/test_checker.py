@@ -210,3 +210,11 @@ def test_the_summary_is_short_and_counts_every_rule():
     summary = check(history, heartbeat_ttl=TTL).summary(limit=5)
     assert summary.splitlines()[0] == "41 violation(s): final x40, slots x1"
     assert len(summary.splitlines()) == 7 and summary.endswith("... and 36 more")
+
+
+def test_a_process_that_exited_on_its_own_is_reported():
+    exited = {"kind": "exited", "role": "dispatcher-1", "pids": [7], "start": T0, "end": T0,
+              "detail": "exit code 1"}  # fmt: skip
+    history = History(tasks={}, events=[], journal=[], faults=[exited])
+    report = check(history, heartbeat_ttl=TTL)
+    assert [str(v) for v in report.violations] == ["[exited] -: dispatcher-1 [7]: exit code 1"]
