@@ -22,6 +22,9 @@ The rules (issue 7, section 5b):
   earlier one was killed, or paused past the heartbeat limit, before the overlap
   ended (or Redis restarted between the two starts).
 - ``slots``: active slots name exactly the tasks in flight.
+- ``phantom-done``: an attempt recorded done had a handler run of that attempt that
+  returned (a report from another database, or from a run before ``clean`` reused
+  the id, completes nothing).
 - ``exited``: no dispatcher or worker exits on its own (the driver logs each exit,
   as ``exited``, before restarting it as a supervisor would); the driver's own
   problems arrive as ``driver`` faults and are reported too.
@@ -197,6 +200,7 @@ def check(
     _check_superseded(history, runs, report)
     _check_overlaps(history, runs, report, heartbeat_ttl)
     _check_slots(history, report)
+    _check_phantoms(history, runs, report)
     for f in history.faults:
         if f.get("kind") in ("exited", "driver"):
             report.violations.append(
@@ -348,6 +352,22 @@ def _check_slots(history: History, report: Report) -> None:
                 f" {flying[:10]}",
             )
         )
+
+
+def _check_phantoms(history: History, runs: Sequence[Run], report: Report) -> None:
+    returned = {(r.task, r.attempt) for r in runs if r.ok}
+    for event in history.events:
+        if event["to"] != "done" or event["from"] == "done":
+            continue
+        task, attempt = event["task_id"], event["attempt"]
+        if (task, attempt) not in returned and (task, None) not in returned:
+            report.violations.append(
+                Violation(
+                    "phantom-done",
+                    task,
+                    f"attempt {attempt} recorded done but no handler run of it returned",
+                )
+            )
 
 
 # ---------------------------------------------------------------------------- reading

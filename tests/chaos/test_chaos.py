@@ -11,10 +11,12 @@ Seeds: ``CHAOS_SEED=7`` runs one seed, ``CHAOS_SEEDS=1-20`` (or ``1,4,9-12``) ma
 by default one fixed seed runs, which is what CI does. Bounds (seconds, env):
 ``CHAOS_FAULT_SECONDS`` (75) of faults, ``CHAOS_SETTLE_SECONDS`` (90) to settle,
 ``CHAOS_TASKS`` (240) tasks. Every process is killed at the end, whatever happened.
+``CHAOS_ARTIFACTS=DIR`` keeps a failed seed's database and logs in ``DIR/seed-N``.
 """
 
 import os
 import random
+import shutil
 import sys
 import threading
 import time
@@ -208,6 +210,9 @@ def test_chaos(seed, tmp_path, bridge_env, db_path, redis_server, processes, gil
         f" settled in {settled:.0f}s; {len(report.excused)} excused, {len(report.blocked)} blocked"
     )
     problems = report.summary() if report.violations else ""
+    keep = os.environ.get("CHAOS_ARTIFACTS")
+    if keep and (problems or chaos.errors):  # pytest's tmp dirs are rotated away quickly
+        shutil.copytree(tmp_path, Path(keep) / f"seed-{seed}", dirs_exist_ok=True)
     if chaos.errors:
         problems += "\ndriver errors: " + "; ".join(chaos.errors[:5])
     assert not problems, (

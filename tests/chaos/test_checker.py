@@ -218,3 +218,16 @@ def test_a_process_that_exited_on_its_own_is_reported():
     history = History(tasks={}, events=[], journal=[], faults=[exited])
     report = check(history, heartbeat_ttl=TTL)
     assert [str(v) for v in report.violations] == ["[exited] -: dispatcher-1 [7]: exit code 1"]
+
+
+def test_a_done_attempt_whose_handler_never_returned_is_a_phantom():
+    # Given attempt 2 recorded done while only attempt 1's handler ran (and returned)
+    events = [
+        event("a", "available", "queued", 1, 0.0),
+        event("a", "queued", "queued", 2, 6.0, "re-dispatched"),
+        event("a", "queued", "done", 2, 8.0),
+    ]
+    history = History(tasks={"a": task("done", 2)}, events=events, journal=run("a", 1, 0.5, 5.0))
+    report = check(history, heartbeat_ttl=TTL)
+    assert [v.rule for v in report.violations] == ["phantom-done"]
+    assert "attempt 2 recorded done" in report.summary()
