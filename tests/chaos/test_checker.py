@@ -231,3 +231,11 @@ def test_a_done_attempt_whose_handler_never_returned_is_a_phantom():
     report = check(history, heartbeat_ttl=TTL)
     assert [v.rule for v in report.violations] == ["phantom-done"]
     assert "attempt 2 recorded done" in report.summary()
+
+
+def test_runs_journaled_without_an_attempt_are_reported_not_silently_skipped():
+    lines = run("a", 1, 0.0, 1.0)
+    for line in lines:
+        line["attempt"] = None
+    history = History(tasks={"a": task("done")}, events=dispatched_and_done("a"), journal=lines)
+    assert rules(history) == ["journal"]
