@@ -25,9 +25,10 @@ The rules (issue 7, section 5b):
 - ``phantom-done``: an attempt recorded done had a handler run of that attempt that
   returned (a report from another database, or from a run before ``clean`` reused
   the id, completes nothing).
-- ``exited``: no dispatcher or worker exits on its own (the driver logs each exit,
-  as ``exited``, before restarting it as a supervisor would); the driver's own
-  problems arrive as ``driver`` faults and are reported too.
+- ``exited``: no running dispatcher or worker exits on its own (the driver logs each
+  exit before restarting it as a supervisor would; one that exits within seconds of
+  its start, e.g. while Redis is down, is logged ``exited-at-start`` and allowed);
+  the driver's own problems arrive as ``driver`` faults and are reported too.
 """
 
 import json

@@ -25,6 +25,9 @@ from faultlib import WriteLock, family, holder_pid, signal_all  # noqa: E402
 from helpers import BRIDGE, Processes  # noqa: E402
 
 DESIGNED_TO_FAIL = "chaos_fail"
+STARTUP_SECONDS = 10.0
+"""A process that exits this soon after it started did not come up (e.g. Redis was down
+meanwhile): the supervisor restarts it and it is not counted as a process that died."""
 
 
 def chaos_graph(rnd: random.Random, *, gil_n: int, size: int) -> list[dict[str, Any]]:
@@ -64,6 +67,7 @@ class Member:
     """dispatcher-1, dispatcher-2, worker-1...: a restarted process keeps its role."""
     args: tuple[str, ...]
     process: subprocess.Popen
+    started: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -98,8 +102,11 @@ class Chaos:
                 if role in self.busy or member.process.poll() is None:
                     continue
                 now = time.time()
-                self.log("exited", role, [member.process.pid], now, now,
-                         f"exit code {member.process.returncode}")  # fmt: skip
+                # One that had not come up yet (Redis down while it started) may refuse
+                # to start, as a CLI does; one that was running must not exit.
+                young = now - member.started < STARTUP_SECONDS
+                self.log("exited-at-start" if young else "exited", role, [member.process.pid],
+                         member.started, now, f"exit code {member.process.returncode}")  # fmt: skip
                 self.start(role, *member.args)
 
     def kill_everything(self) -> None:

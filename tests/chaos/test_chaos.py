@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 from checker import check, read_history
 from driver import FAULTS_DIR, Chaos, chaos_graph
 
@@ -33,7 +34,7 @@ from bridge.defaults import HEARTBEAT_EVERY, HEARTBEAT_TTL
 if str(FAULTS_DIR) not in sys.path:
     sys.path.insert(0, str(FAULTS_DIR))
 
-from faultlib import add_graph, calibrate_gil, journal_env  # noqa: E402
+from faultlib import add_graph, calibrate_gil, holder_pid, journal_env  # noqa: E402
 
 DEFAULT_SEED = 20261127
 FAULT_SECONDS = float(os.environ.get("CHAOS_FAULT_SECONDS", "75"))
@@ -174,6 +175,16 @@ def settle(chaos: Chaos, journal: Path, fault_log: Path, seconds: float) -> floa
     return time.monotonic() - start
 
 
+def fleet_up(chaos: Chaos, url: str) -> bool:
+    """A dispatcher holds the lease and three workers are registered with RQ."""
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=2)
+        workers = client.scard("rq:workers")
+    except redis.RedisError:
+        return False
+    return holder_pid(chaos.db) is not None and workers >= 3
+
+
 @pytest.mark.parametrize("seed", seeds())
 def test_chaos(seed, tmp_path, bridge_env, db_path, redis_server, processes, gil_n_per_second):
     # Given a seeded graph of mixed tasks, two dispatchers and three forking workers
@@ -195,6 +206,9 @@ def test_chaos(seed, tmp_path, bridge_env, db_path, redis_server, processes, gil
             chaos.start(f"dispatcher-{i}", "dispatch")
         for i in (1, 2, 3):
             chaos.start(f"worker-{i}", "worker", "--quiet")
+        up = time.monotonic()  # everyone up before the first fault (bounded wait)
+        while time.monotonic() - up < 20 and not fleet_up(chaos, redis_server.url):
+            time.sleep(0.2)
         # When the driver applies random faults for a while, then stops
         drive(chaos, FAULT_SECONDS)
         # And every task is given time to reach a final state
