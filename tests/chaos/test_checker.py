@@ -239,3 +239,10 @@ def test_runs_journaled_without_an_attempt_are_reported_not_silently_skipped():
         line["attempt"] = None
     history = History(tasks={"a": task("done")}, events=dispatched_and_done("a"), journal=lines)
     assert rules(history) == ["journal"]
+
+
+def test_a_process_that_exits_while_starting_is_allowed():
+    # Given a worker that refused to start while Redis was down (the supervisor restarted it)
+    early = {"kind": "exited-at-start", "role": "worker-1", "pids": [8], "start": T0, "end": T0}
+    history = History(tasks={}, events=[], journal=[], faults=[early])
+    assert rules(history) == []
