@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
-from rq import Queue
+from rq import Queue, Worker
 from rq.command import send_stop_job_command
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -248,6 +248,56 @@ class Broker:
     def nudge(self) -> None:
         """Wake a dispatcher blocked on the stream (new tasks were added)."""
         self.client.xadd(self.stream, {"nudge": "1"})
+
+    # ---- status
+
+    def queue_depth(self) -> int:
+        """Jobs waiting in the RQ queue (not yet taken by a worker)."""
+        try:
+            return int(self.queue.count)
+        except RedisError as exc:
+            raise BrokerError(f"Redis error: {_first_line(exc)}") from None
+
+    def workers(self) -> list["WorkerInfo"]:
+        """The RQ workers registered on this queue, alive as far as RQ knows (a worker
+        that stopped heart-beating drops out when its registration key expires)."""
+        try:
+            found = Worker.all(queue=self.queue)
+            infos = []
+            for worker in sorted(found, key=lambda w: w.name):
+                beat = worker.last_heartbeat
+                infos.append(
+                    WorkerInfo(
+                        name=worker.name,
+                        state=str(getattr(worker.get_state(), "value", worker.get_state())),
+                        current_job=worker.get_current_job_id(),
+                        hostname=worker.hostname,
+                        pid=worker.pid,
+                        last_heartbeat=None if beat is None else beat.isoformat(),
+                    )
+                )
+            return infos
+        except RedisError as exc:
+            raise BrokerError(f"Redis error: {_first_line(exc)}") from None
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One RQ worker as ``bridge status`` shows it."""
+
+    name: str
+    state: str
+    """RQ's word: ``idle``, ``busy``, ``suspended``, ``started``..."""
+    current_job: str | None
+    hostname: str | None
+    pid: int | None
+    last_heartbeat: str | None
+    """ISO time of its last heartbeat to RQ."""
+
+
+TRANSPORT_ERRORS: tuple[type[Exception], ...] = (BrokerError, RedisError, OSError)
+"""What a broker call may raise when Redis cannot be used; callers outside the broker
+catch this instead of importing redis (one day it is ``BrokerError`` alone)."""
 
 
 def publish(client: redis.Redis, queue: str, report: Report) -> None:

@@ -29,7 +29,14 @@ from bridge.store.engine import (
     stamp,
     writing,
 )
-from bridge.store.leases import acquire_lease, holds_lease, lease_holder, release_lease
+from bridge.store.leases import (
+    LeaseInfo,
+    acquire_lease,
+    holds_lease,
+    lease_holder,
+    list_leases,
+    release_lease,
+)
 from bridge.store.reports import Applied, apply_reports
 from bridge.store.tables import EDGES, EVENTS, LEASES, SLOTS, TASKS
 from bridge.store.tasks import (
@@ -60,6 +67,7 @@ __all__ = [
     "Cancelled",
     "Dispatch",
     "Engine",
+    "LeaseInfo",
     "Progress",
     "Session",
     "StoreError",
@@ -78,6 +86,7 @@ __all__ = [
     "in_flight",
     "lease_holder",
     "list_events",
+    "list_leases",
     "list_slots",
     "list_tasks",
     "next_wakeup",

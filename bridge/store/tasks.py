@@ -135,10 +135,15 @@ def list_tasks(*, session: Session, status: TaskStatus | None = None) -> list[Ta
     return list(session.execute(query).scalars())
 
 
-def list_events(*, session: Session, task_id: str | None = None) -> list[TaskEvent]:
+def list_events(
+    *, session: Session, task_id: str | None = None, after: int | None = None
+) -> list[TaskEvent]:
+    """Events in order; ``after`` an event id, only the newer ones (``events --follow``)."""
     query = select(TaskEvent).order_by(EVENTS.c.id)
     if task_id is not None:
         query = query.where(EVENTS.c.task_id == task_id)
+    if after is not None:
+        query = query.where(EVENTS.c.id > after)
     return list(session.execute(query).scalars())
 
 
