@@ -7,6 +7,7 @@ as one line ``error: ...`` on stderr and a non-zero exit, never a traceback;
 """
 
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -219,6 +220,14 @@ def add_specs(context: Context, specs: list[graph.TaskSpec], *, skip_same: bool)
 # ------------------------------------------------------------------------------ reading
 
 
+def _seconds(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise click.BadParameter(
+            f"{value:g} is not a number of seconds >= 0", param_hint="'--timeout'"
+        )
+    return value
+
+
 def _status_option(value: str | None) -> TaskStatus | None:
     if value is None:
         return None
@@ -287,7 +296,7 @@ def events(context: Context, task_id: str | None, as_json: bool, follow: bool) -
                 if as_json:
                     click.echo(render.json_line(render.event_dict(event)))
                 else:
-                    out.print(render.event_line(event))
+                    out.print(render.event_line(event), soft_wrap=True)
                 last = event.id
             sys.stdout.flush()
             time.sleep(FOLLOW_EVERY)
@@ -407,7 +416,8 @@ def worker(context: Context, burst: bool, name: str | None, quiet: bool) -> None
 @cli.command()
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0),
+    type=float,
+    callback=lambda _ctx, _param, value: _seconds(value),
     help="Give up after this many seconds (exit 3).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")

@@ -191,11 +191,15 @@ def _secrets(url: str) -> set[str]:
         except ValueError:
             pass
     query = rest.partition("?")[2]
+    in_secret = False
     for item in re.split(r"[&;]", query):
         name, equals, value = item.partition("=")
-        if equals and _is_secret_name(name):
-            found.add(value)
-            found.add(value.partition("#")[0])
+        if equals:
+            in_secret = _is_secret_name(name)
+            if in_secret:
+                found.update((value, value.partition("#")[0]))
+        elif in_secret:
+            found.add(item)
     pieces = {piece for s in found for piece in re.split(r"[/?#@:&;]", s)}
     found |= pieces
     found |= {unquote(s) for s in found}
@@ -220,9 +224,16 @@ def _is_secret_name(name: str) -> bool:
 
 
 def _redact_query(query: str) -> str:
+    """Secret values hidden; so is an item without ``=`` right after one (``password=a&b``
+    is more likely a password with ``&`` than an option named ``b``)."""
     items = re.split(r"([&;])", query)
+    in_secret = False
     for index in range(0, len(items), 2):
         name, equals, _ = items[index].partition("=")
-        if equals and _is_secret_name(name):
-            items[index] = f"{name}={_REDACTED}"
+        if equals:
+            in_secret = _is_secret_name(name)
+            if in_secret:
+                items[index] = f"{name}={_REDACTED}"
+        elif in_secret:
+            items[index] = _REDACTED
     return "".join(items)
