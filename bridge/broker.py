@@ -32,7 +32,7 @@ from bridge.messages import (
     reports_key,
 )
 from bridge.recovery import JobState, parse_time
-from bridge.settings import redact_url
+from bridge.settings import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def connect(url: str, *, check: bool = True, resilient: bool = False) -> redis.R
                 probe.ping()
             except RedisError as exc:
                 raise BrokerError(
-                    f"cannot reach Redis at {redact_url(url)}: {_first_line(exc)}"
+                    f"cannot reach Redis at {redact_url(url)}: {redact_text(_first_line(exc), url)}"
                 ) from None
             finally:
                 probe.close()
@@ -76,7 +76,9 @@ def connect(url: str, *, check: bool = True, resilient: bool = False) -> redis.R
             options["retry_on_error"] = [RedisConnectionError, RedisTimeoutError]
         return redis.Redis.from_url(url, **options)
     except ValueError as exc:
-        raise BrokerError(f"not a Redis URL: {redact_url(url)} ({exc})") from None
+        raise BrokerError(
+            f"not a Redis URL: {redact_url(url)} ({redact_text(str(exc), url)})"
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -8,6 +8,7 @@ as one line ``error: ...`` on stderr and a non-zero exit, never a traceback;
 
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from bridge.settings import (
     DEFAULT_SLOTS,
     WORKER_CLASSES,
     Settings,
+    redact_text,
     redact_url,
 )
 from bridge.states import TaskStatus
@@ -49,13 +51,42 @@ class Context(usecases.App):
 pass_context = click.make_pass_decorator(Context)
 
 
+def urls_in_play(argv: list[str] | None = None) -> list[str]:
+    """The database and Redis URLs this process was given (environment and options),
+    whose secrets no line it prints may hold, whatever a driver put in its message."""
+    argv = sys.argv[1:] if argv is None else argv
+    urls = [os.environ.get(name, "") for name in ("BRIDGE_DATABASE_URL", "BRIDGE_REDIS_URL")]
+    for index, arg in enumerate(argv):
+        for option in ("--database-url", "--redis-url"):
+            if arg == option and index + 1 < len(argv):
+                urls.append(argv[index + 1])
+            elif arg.startswith(option + "="):
+                urls.append(arg.split("=", 1)[1])
+    return [url for url in urls if url]
+
+
+def scrub(text: str) -> str:
+    return redact_text(text, *urls_in_play())
+
+
+class ScrubSecrets(logging.Filter):
+    """Every log record passes here: no secret of a configured URL is ever logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        scrubbed = scrub(message)
+        if scrubbed != message:
+            record.msg, record.args = scrubbed, ()
+        return True
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {scrub(message)}", err=True)
     sys.exit(code)
 
 
 def warn(message: str) -> None:
-    click.echo(f"warning: {message}", err=True)
+    click.echo(f"warning: {scrub(message)}", err=True)
 
 
 def warn_all(warnings: list[str]) -> None:
@@ -123,6 +154,8 @@ def cli(ctx: click.Context, verbose: bool, **options: Any) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    for log_handler in logging.getLogger().handlers:
+        log_handler.addFilter(ScrubSecrets())
     if ctx.invoked_subcommand is None:  # plain ``bridge``: the help, not an error
         click.echo(ctx.get_help())
         ctx.exit(0)

@@ -51,7 +51,7 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
     """
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise StoreError(
             f"not a database URL: {redact_url(url)} (e.g. sqlite:///file.db)"
         ) from None
