@@ -142,7 +142,8 @@ class Supervisor:
                     raise RunError(f"{child.name} keeps exiting; see {child.log}")
                 child.restarts += 1
                 console(stderr=True).print(
-                    f"[yellow]{child.name} exited with {child.process.returncode}; restarting it[/]"
+                    f"{child.name} exited with {child.process.returncode}; restarting it",
+                    style="yellow",
                 )
                 self._spawn(child)
 
@@ -175,7 +176,7 @@ def resolve_redis(settings: Settings) -> tuple[Settings, PrivateRedis | None]:
     private = PrivateRedis(binary=binary).start()
     console(stderr=True).print(
         f"no Redis at {redact_url(settings.redis_url)}:"
-        f" started a private one at {private.url} for this run"
+        f" started a private one at {redact_url(private.url)} for this run"
     )
     return settings.with_(redis_url=private.url), private
 
