@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-from redis.exceptions import RedisError
 
 from bridge import graph, render, usecases
 from bridge.broker import Broker, connect
@@ -45,7 +44,7 @@ class Context(usecases.App):
     def service_broker(self) -> Broker:
         """A broker whose client rides out a Redis restart (for ``dispatch``)."""
         client = connect(self.settings.redis_url, check=True, resilient=True)
-        return Broker(client, self.settings.queue, max_output=self.settings.max_output)
+        return Broker(client, self.namespace)
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -422,10 +421,7 @@ def dispatch(context: Context, once: bool) -> None:
         redact_url(context.settings.redis_url),
         context.settings.slots,
     )
-    try:
-        totals = serve(context.settings, engine, broker, once=once)
-    except RedisError as exc:
-        fail(f"lost Redis at {redact_url(context.settings.redis_url)}: {exc}")
+    totals = serve(context.settings, engine, broker, once=once)
     logging.getLogger("bridge").info("dispatcher stopped: %s", totals_line(totals))
 
 
@@ -438,12 +434,9 @@ def worker(context: Context, burst: bool, name: str | None, quiet: bool) -> None
     """Run an RQ worker on the bridge queue."""
     from bridge.workers.process import run_worker
 
-    try:
-        run_worker(
-            context.settings, burst=burst, name=name, logging_level="WARNING" if quiet else "INFO"
-        )
-    except RedisError as exc:
-        fail(f"lost Redis at {redact_url(context.settings.redis_url)}: {exc}")
+    run_worker(
+        context.settings, burst=burst, name=name, logging_level="WARNING" if quiet else "INFO"
+    )
 
 
 @cli.command()

@@ -15,9 +15,10 @@ from typing import Any
 
 from bridge import store
 from bridge.broker import (
-    TRANSPORT_ERRORS,
     Broker,
     BrokerError,
+    CancelOutcome,
+    Withdrawal,
     WorkerInfo,
     connect,
     nudge_quietly,
@@ -28,8 +29,8 @@ from bridge.settings import Settings, redact_url
 from bridge.states import FINISHED_BADLY, IN_FLIGHT, TaskStatus
 
 DISPATCHER_LEASE = "dispatcher"
-"""Every dispatcher lease's name starts with this (one per queue today, one per database
-next); ``status`` shows them all."""
+"""Every dispatcher lease's name starts with this (one per database today; ``status``
+shows any, so a lease named per queue by an older dispatcher shows too)."""
 
 
 class App:
@@ -48,6 +49,7 @@ class App:
         self.create = create
         self._engine = engine
         self._broker: Broker | None = None
+        self._namespace: str | None = None
 
     @property
     def engine(self) -> store.Engine:
@@ -55,16 +57,24 @@ class App:
             self._engine = store.open_engine(self.settings.database_url, create=self.create)
         return self._engine
 
+    @property
+    def namespace(self) -> str:
+        """The database's Redis namespace (read once)."""
+        if self._namespace is None:
+            with store.reading(self.engine) as session:
+                self._namespace = store.namespace(session=session)
+        return self._namespace
+
     def broker(self) -> Broker:
         """The broker on the configured Redis; ``BrokerError`` if Redis does not answer."""
         if self._broker is None:
             client = connect(self.settings.redis_url, check=True)
-            self._broker = Broker(client, self.settings.queue, max_output=self.settings.max_output)
+            self._broker = Broker(client, self.namespace)
         return self._broker
 
     def nudge(self) -> None:
         """Wake a running dispatcher at once; without Redis it finds the change on its own."""
-        nudge_quietly(self.settings.redis_url, self.settings.queue)
+        nudge_quietly(self.settings.redis_url, self.namespace)
 
     def close(self) -> None:
         if self._broker is not None:
@@ -105,6 +115,7 @@ def add(app: App, specs: Sequence[TaskSpec], *, skip_same: bool = False) -> Adde
             specs=specs,
             skip_same=skip_same,
             max_payload=app.settings.max_output,
+            queue=app.settings.queue,
         )
     if result.added:
         app.nudge()
@@ -150,7 +161,10 @@ class CancelResult:
     task_id: str
     previous: TaskStatus
     job: str | None = None
-    """What became of its RQ job, when it had one (removed, stop requested...)."""
+    """What became of its RQ job, when it had one (removed, being stopped, running on)."""
+    stopped: bool = True
+    """False when its job may go on running (a simple worker, or Redis unreachable);
+    its result is then ignored."""
     warnings: list[str] = field(default_factory=list)
 
 
@@ -162,18 +176,20 @@ def cancel(app: App, task_id: str) -> CancelResult:
     result = CancelResult(task_id, cancelled.previous)
     if cancelled.job_id is not None:
         try:
-            result.job = _cancel_job(app.broker(), cancelled)
-        except TRANSPORT_ERRORS as exc:
+            outcome = _cancel_job(app.broker(), cancelled)
+            result.job, result.stopped = outcome.message, outcome.stopped
+        except BrokerError as exc:
+            result.stopped = False
             result.warnings.append(
                 f"{_redis_unreachable(app, exc)}; any result its job sends will be ignored"
             )
     return result
 
 
-def _cancel_job(broker: Broker, cancelled: store.Cancelled) -> str:
-    """The one place cancel talks to Redis."""
+def _cancel_job(broker: Broker, cancelled: store.Cancelled) -> CancelOutcome:
+    """The one place cancel talks to Redis (the broker decides from RQ's job status)."""
     assert cancelled.job_id is not None
-    return broker.cancel(cancelled.job_id, running=cancelled.previous is TaskStatus.WORKING)
+    return broker.cancel(cancelled.job_id, cancelled.queue)
 
 
 @dataclass
@@ -183,22 +199,25 @@ class Cleaned:
 
 
 def clean(app: App) -> Cleaned:
-    """Delete every task and its history, free the slots, and empty the Redis queue."""
+    """Delete every task and its history, free the slots, and fence off what was in flight."""
     with store.writing(app.engine) as session:
-        deleted = store.clean(session=session)
-    result = Cleaned(deleted)
-    try:
-        _clean_redis(app.broker())
-    except TRANSPORT_ERRORS as exc:
-        result.warnings.append(
-            f"{_redis_unreachable(app, exc)}; jobs still queued there find no task and are ignored"
-        )
+        cleaned = store.clean(session=session)
+    result = Cleaned(cleaned.count)
+    if cleaned.in_flight:
+        try:
+            _fence_out(app.broker(), cleaned.in_flight)
+        except BrokerError as exc:
+            result.warnings.append(
+                f"{_redis_unreachable(app, exc)}; {len(cleaned.in_flight)} job(s) in flight"
+                " were not fenced off: they may still run, and their reports are ignored"
+            )
     return result
 
 
-def _clean_redis(broker: Broker) -> None:
-    """The one place clean talks to Redis."""
-    broker.purge()
+def _fence_out(broker: Broker, in_flight: Sequence[tuple[str, str]]) -> None:
+    """The one place clean talks to Redis: every attempt in flight is fenced off (none
+    starts, a running one is stopped); tokens are never reused, so none can match later."""
+    broker.supersede([Withdrawal(job, queue) for job, queue in in_flight])
 
 
 # ------------------------------------------------------------------------------ reading
@@ -414,9 +433,9 @@ def status(app: App, *, clock: float | None = None) -> Status:
     )
     try:
         broker = app.broker()
-        result.queue_depth = broker.queue_depth()
-        result.workers = broker.workers()
-    except TRANSPORT_ERRORS as exc:
+        result.queue_depth = broker.queued_jobs(app.settings.queue)
+        result.workers = broker.workers(app.settings.queue)
+    except BrokerError as exc:
         result.warnings.append(f"{_redis_unreachable(app, exc)}; workers and queue not shown")
     return result
 

@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from bridge.messages import Dispatch
 from bridge.states import TaskStatus
-from bridge.store.admin import Cancelled, cancel_task, clean, retry_task
+from bridge.store.admin import Cancelled, Cleaned, cancel_task, clean, retry_task
 from bridge.store.dispatching import (
     claim_ready,
     in_flight,
@@ -20,7 +20,6 @@ from bridge.store.dispatching import (
     reset_slots,
 )
 from bridge.store.engine import (
-    BUSY_TIMEOUT_MS,
     StoreError,
     TaskStateError,
     now,
@@ -38,6 +37,7 @@ from bridge.store.leases import (
     release_lease,
 )
 from bridge.store.reports import Applied, apply_reports
+from bridge.store.schema import namespace, take_tokens
 from bridge.store.tables import EDGES, EVENTS, LEASES, SLOTS, TASKS
 from bridge.store.tasks import (
     AddResult,
@@ -56,7 +56,6 @@ from bridge.store.tasks import (
 )
 
 __all__ = [
-    "BUSY_TIMEOUT_MS",
     "EDGES",
     "EVENTS",
     "LEASES",
@@ -65,6 +64,7 @@ __all__ = [
     "AddResult",
     "Applied",
     "Cancelled",
+    "Cleaned",
     "Dispatch",
     "Engine",
     "LeaseInfo",
@@ -89,6 +89,7 @@ __all__ = [
     "list_leases",
     "list_slots",
     "list_tasks",
+    "namespace",
     "next_wakeup",
     "now",
     "open_engine",
@@ -101,6 +102,7 @@ __all__ = [
     "retry_task",
     "spec_of",
     "stamp",
+    "take_tokens",
     "task_dict",
     "writing",
 ]

@@ -11,14 +11,12 @@ from urllib.parse import quote
 from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
+from bridge.defaults import BUSY_TIMEOUT_MS
 from bridge.errors import BridgeError
 from bridge.settings import redact_text, redact_url
-
-BUSY_TIMEOUT_MS = 30_000
-"""How long a writer waits for SQLite's lock before giving up: CLI commands run
-while the dispatcher is busy wait instead of failing with "database is locked"."""
+from bridge.store.schema import ensure_schema
 
 
 class StoreError(BridgeError):
@@ -45,9 +43,9 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
     instead of failing when one upgrades a read transaction.
 
     With ``create=False`` (every command but ``add``, ``run`` and ``dispatch``) a
-    database that does not exist is an error instead of a new empty file, the
-    schema is left alone, and a SQLite file this process cannot write (or whose
-    folder it cannot write) is opened read-only, so it can still be listed.
+    database that does not exist is an error instead of a new empty file, and a
+    SQLite file this process cannot write (or whose folder it cannot write) is
+    opened read-only, its schema taken as it is, so it can still be listed.
     """
     try:
         parsed = make_url(url)
@@ -56,6 +54,7 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
             f"not a database URL: {redact_url(url)} (e.g. sqlite:///file.db)"
         ) from None
     is_sqlite = parsed.get_backend_name() == "sqlite"
+    read_only = False
     if is_sqlite:
         database = parsed.database
         read_only = not create and _must_read_only(database)
@@ -75,13 +74,13 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
                 f"cannot use database {redact_url(url)}: {redact_text(str(exc), url)}"
             ) from None
     try:
-        if create:
-            SQLModel.metadata.create_all(engine)
-        elif not is_sqlite and not inspect(engine).has_table("tasks"):
+        if not create and not is_sqlite and not inspect(engine).has_table("tasks"):
             raise StoreError(
                 f"no bridge tables in database {redact_url(url)}"
                 " (bridge add or bridge run creates them)"
             )
+        if not read_only:  # a complete schema is only read; an older one is brought up to date
+            ensure_schema(engine)
     except OperationalError as exc:
         raise StoreError(
             f"cannot open database {_where(url)}: {redact_text(str(exc.orig), url)}"

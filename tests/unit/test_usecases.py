@@ -136,14 +136,15 @@ def test_cancel_of_a_queued_task_withdraws_its_job(live_app, db_path):
     usecases.add(live_app, [spec("a")])
     set_status(db_path, "a", "queued", attempts=1, job_id="job-a-1")
     broker = live_app.broker()
-    broker.enqueue([Dispatch("a", 1, "job-a-1", "noop", None, None)])
-    assert broker.queue_depth() == 1
+    broker.enqueue([Dispatch("a", 1, "job-a-1", "noop", None, None, namespace=live_app.namespace)])
+    assert broker.queued_jobs("bridge") == 1
     # When it is cancelled
     result = usecases.cancel(live_app, "a")
     # Then the job is gone from the queue and the result says so
     assert result.previous is TaskStatus.QUEUED
-    assert result.job == "removed from the queue" and result.warnings == []
-    assert broker.queue_depth() == 0
+    assert result.job is not None and "removed from the queue" in result.job
+    assert result.stopped and result.warnings == []
+    assert broker.queued_jobs("bridge") == 0
 
 
 def test_cancel_without_redis_cancels_and_warns_without_the_password(app, db_path):
@@ -156,17 +157,21 @@ def test_cancel_without_redis_cancels_and_warns_without_the_password(app, db_pat
     assert "s3cr3t" not in warning
 
 
-def test_clean_deletes_every_task_and_empties_the_queue(live_app):
+def test_clean_deletes_every_task_and_fences_off_what_was_in_flight(live_app, db_path):
     usecases.add(live_app, [spec("a"), spec("b")])
-    live_app.broker().enqueue([Dispatch("a", 1, "job-a-1", "noop", None, None)])
+    set_status(db_path, "a", "queued", attempts=1, job_id="job-a-1")
+    live_app.broker().enqueue(
+        [Dispatch("a", 1, "job-a-1", "noop", None, None, namespace=live_app.namespace)]
+    )
     result = usecases.clean(live_app)
     assert result.deleted == 2 and result.warnings == []
     assert usecases.list_tasks(live_app) == []
-    assert live_app.broker().queue_depth() == 0
+    assert live_app.broker().queued_jobs("bridge") == 0
 
 
-def test_clean_without_redis_still_deletes_and_warns(app):
+def test_clean_without_redis_still_deletes_and_warns(app, db_path):
     usecases.add(app, [spec("a")])
+    set_status(db_path, "a", "working", attempts=1, job_id="job-a-1")
     result = usecases.clean(app)
     assert result.deleted == 1
     (warning,) = result.warnings
@@ -281,14 +286,14 @@ def test_status_lists_the_rq_workers_on_the_queue_and_its_depth(live_app):
     # Given one RQ worker registered on the queue, one on another queue, and a waiting job
     broker = live_app.broker()
     ours = Worker(
-        [broker.queue], connection=broker.client, name="w-ours", serializer=JSONSerializer
+        [broker.queue("bridge")], connection=broker.client, name="w-ours", serializer=JSONSerializer
     )
     ours.register_birth()
-    other_queue = type(broker.queue)("other", connection=broker.client)
+    other_queue = broker.queue("other")
     theirs = Worker([other_queue], connection=broker.client, name="w-theirs")
     theirs.register_birth()
     ours.set_state("busy")
-    broker.enqueue([Dispatch("a", 1, "job-a-1", "noop", None, None)])
+    broker.enqueue([Dispatch("a", 1, "job-a-1", "noop", None, None, namespace=live_app.namespace)])
     # When status is asked for
     result = usecases.status(live_app)
     # Then only our worker shows, with its state, and the queue holds one job
@@ -296,3 +301,19 @@ def test_status_lists_the_rq_workers_on_the_queue_and_its_depth(live_app):
     assert result.workers[0].state == "busy"
     assert result.queue_depth == 1 and result.warnings == []
     assert result.to_dict()["workers"][0]["name"] == "w-ours"
+
+
+def test_an_older_database_gets_the_lease_column_on_open(db_url, db_path):
+    # Given a database made before leases recorded when they were taken
+    store.open_engine(db_url).dispose()
+    query(db_path, "ALTER TABLE leases DROP COLUMN acquired_at")
+    # When it is opened again
+    app = usecases.App(Settings(database_url=db_url, redis_url=DEAD_REDIS))
+    try:
+        # Then the column is back and leases work
+        assert take(app, "dispatcher", "one", clock=5.0)
+        with store.reading(app.engine) as session:
+            (lease,) = store.list_leases(session=session, prefix="dispatcher")
+        assert lease.acquired_at == 5.0
+    finally:
+        app.close()
