@@ -189,9 +189,7 @@ def status_view(status: Status) -> Group:
             since = f" since {lease.since} UTC" if lease.since else ""
             head.add_row(
                 "dispatcher",
-                Text(
-                    f"{lease.holder}{since} ({lease.name}, lease renews in <{lease.expires_in:g}s)"
-                ),
+                Text(f"{lease.holder}{since} (lease {lease.name!r}, {lease.expires_in:g}s left)"),
             )
     else:
         lapsed = [lease for lease in status.dispatchers if not lease.live]
