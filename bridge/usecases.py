@@ -85,10 +85,10 @@ class App:
             self._engine = None
 
 
-def _redis_unreachable(app: App, exc: Exception) -> str:
-    reason = str(exc) if isinstance(exc, BrokerError) else f"{type(exc).__name__}: {exc}"
+def _redis_unreachable(app: App, exc: BrokerError) -> str:
+    """The broker's one line, naming the Redis (password hidden) if it does not already."""
     where = redact_url(app.settings.redis_url)
-    return reason if where in reason else f"Redis at {where}: {reason}"
+    return str(exc) if where in str(exc) else f"Redis at {where}: {exc}"
 
 
 # ------------------------------------------------------------------------------ add
