@@ -1,7 +1,8 @@
 """The store: all SQL lives in this package, the only code that talks to the database.
 
 Every state change is a guarded compare-and-set (``UPDATE ... WHERE status = ...
-AND attempts = ...``) in the same transaction as its ``task_events`` row. Hot
+AND job_id = ...`` for reports, ``AND attempts = ...`` for dispatches) in the same
+transaction as its ``task_events`` row. Hot
 paths use SQLAlchemy Core on the mapped tables, not ORM object loads. Callers
 use this package's names; the modules inside are split by concern.
 """
