@@ -88,5 +88,10 @@ DISPATCHER_MAX_QUICK_EXITS = 5
 """``bridge run`` gives up (one line naming the dispatcher's log) when the dispatcher
 exits this many times in a row before ``DISPATCHER_MIN_UPTIME``. Workers are always
 restarted: the database makes any number of worker restarts safe."""
+ORPHAN_GRACE = 90.0
+"""If ``bridge run`` dies without stopping its private Redis (``kill -9``), its children
+get SIGTERM from the kernel and stop on their own; the Redis stays up until its last
+client has left (so the workers can report the task they finish), at most this long.
+More than ``STOP_GRACE``: a worker's own retries against a slow Redis come on top."""
 STOP_POLL = 0.1
 """Seconds between looks at the children while ``bridge run`` stops them."""

@@ -22,15 +22,17 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from types import TracebackType
 
 import redis
 
-from bridge.children import die_with_parent
+from bridge.defaults import ORPHAN_GRACE
 
 __all__ = ["NO_REDIS_MESSAGE", "PrivateRedis", "find_redis_binary"]
 
@@ -89,9 +91,10 @@ class PrivateRedis:
     the caller is left alone). ``private`` listens on a unix socket in a 0700
     directory only, behind a random password (``port`` and ``directory`` are
     then ignored). The server runs in its own session, so a Ctrl-C meant for
-    its owner's terminal does not stop it before its owner is done with it;
-    ``die_with_parent`` still ends it (SIGTERM) if its owner dies without
-    stopping it (Linux).
+    its owner's terminal does not stop it before its owner is done with it.
+    With ``keeper``, should the owner die without stopping it (``kill -9``), a
+    small keeper process stops it once its last client has gone: the owner's
+    workers still need it to report the task they finish on their way out.
     """
 
     def __init__(
@@ -101,11 +104,12 @@ class PrivateRedis:
         directory: str | None = None,
         *,
         private: bool = False,
-        die_with_parent: bool = False,
+        keeper: bool = False,
     ) -> None:
         self._binary = binary
         self._private = private
-        self._die_with_parent = die_with_parent
+        self._want_keeper = keeper
+        self._keeper: tuple[subprocess.Popen[bytes], int] | None = None
         self._requested_port = None if private else port
         self._port: int | None = self._requested_port
         self._directory = None if private else directory
@@ -203,6 +207,7 @@ class PrivateRedis:
         SIGTERM first so Redis exits cleanly; SIGKILL if it has not exited
         within a few seconds. Safe to call more than once.
         """
+        self._stop_keeper()
         process, self._process = self._process, None
         _terminate(process)
         self._discard_directory()
@@ -292,7 +297,6 @@ class PrivateRedis:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=die_with_parent() if self._die_with_parent else None,
             )
         except OSError as exc:
             client.close()
@@ -308,6 +312,8 @@ class PrivateRedis:
                     # the same port in the meantime is not mistaken for ours.
                     if client.ping() and client.info("server").get("process_id") == process.pid:
                         self._process = process
+                        if self._want_keeper and self._keeper is None:
+                            self._start_keeper()
                         return ""
                 except redis.RedisError:
                     pass
@@ -319,6 +325,40 @@ class PrivateRedis:
         process.kill()
         process.wait()
         return f"no answer to PING within {_START_TIMEOUT:g}s{_last_log_line(logfile)}"
+
+    def _start_keeper(self) -> None:
+        """A process that waits for EOF on a pipe only this process holds open."""
+        assert self._process is not None and self._directory is not None
+        read_end, write_end = os.pipe()
+        env = {
+            **os.environ,
+            "BRIDGE_KEEPER_URL": self.url,
+            "BRIDGE_KEEPER_DIR": self._directory if self._owns_directory else "",
+        }
+        try:
+            keeper = subprocess.Popen(
+                [sys.executable, "-m", "bridge.redis_server"],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+        os.set_inheritable(write_end, False)
+        self._keeper = (keeper, write_end)
+
+    def _stop_keeper(self) -> None:
+        if self._keeper is not None:
+            keeper, write_end = self._keeper
+            self._keeper = None
+            keeper.kill()
+            keeper.wait()
+            os.close(write_end)
 
     def _discard_directory(self) -> None:
         if self._owns_directory and self._directory is not None:
@@ -362,3 +402,28 @@ def _last_log_line(logfile: str) -> str:
     except OSError:
         return ""
     return f" ({lines[-1]})" if lines else ""
+
+
+def _keep() -> None:
+    """The keeper's life: wait for the owner to die, then for the server's clients to
+    leave (at most ``ORPHAN_GRACE``), then shut the server down and remove its folder."""
+    url = os.environ.pop("BRIDGE_KEEPER_URL")
+    directory = os.environ.pop("BRIDGE_KEEPER_DIR", "")
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)  # only the owner's end (EOF) counts
+    while sys.stdin.buffer.read(4096):
+        pass
+    client = redis.Redis.from_url(url, socket_timeout=5.0)
+    deadline = time.monotonic() + ORPHAN_GRACE
+    try:
+        while time.monotonic() < deadline and len(client.client_list()) > 1:
+            time.sleep(0.2)
+        client.shutdown(nosave=True)
+    except redis.RedisError:
+        pass  # gone already, or gone now
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    _keep()

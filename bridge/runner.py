@@ -51,6 +51,11 @@ class RunError(BridgeError):
     """``bridge run`` cannot start or cannot go on; one line for the user."""
 
 
+def say(line: str) -> None:
+    """One line on stderr, as is: never markup, never wrapped (paths stay whole)."""
+    console(stderr=True).print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def _describe(p: store.Progress) -> str:
     parts = [f"{p.count(s)} {s.value}" for s in TaskStatus if p.count(s)]
     return ", ".join(parts) or "no tasks"
@@ -236,7 +241,6 @@ class Supervisor:
             )
             for n in range(1, workers + 1)
         ]
-        self.err = console(stderr=True)
 
     @property
     def children(self) -> list[Child]:
@@ -290,11 +294,9 @@ class Supervisor:
                     )
             delay, child.backoff = child.backoff, min(child.backoff * 2, RESTART_BACKOFF_CAP)
             child.restart_at = at + delay
-            self.err.print(
+            say(
                 f"{child.name} {_how_it_ended(child.process.returncode)};"
-                f" restarting it in {delay:g}s (log: {child.log})",
-                markup=False,
-                highlight=False,
+                f" restarting it in {delay:g}s (log: {child.log})"
             )
 
     def stop(self, escalated: Callable[[], bool]) -> tuple[int, bool, bool]:
@@ -365,14 +367,10 @@ def resolve_redis(
     if binary is None:
         raise RunError(f"{why_not}, and {NO_REDIS_MESSAGE}")
     try:
-        server = PrivateRedis(binary=binary, private=True, die_with_parent=True).start()
+        server = PrivateRedis(binary=binary, private=True, keeper=True).start()
     except RuntimeError as exc:
         raise RunError(str(exc)) from None
-    console(stderr=True).print(
-        f"{reason}: started a private one at {redact_url(server.url)} for this run",
-        markup=False,
-        highlight=False,
-    )
+    say(f"{reason}: started a private one at {redact_url(server.url)} for this run")
     return settings.with_(redis_url=server.url), server
 
 
@@ -407,7 +405,6 @@ def run_graph(
     error) stops what it started in order and says so in one line; the logs
     folder is removed after a success and named otherwise.
     """
-    err = console(stderr=True)
     with StopSignals() as signals:
         settings, private = resolve_redis(settings, private=private_redis)
         supervisor: Supervisor | None = None
@@ -432,7 +429,7 @@ def run_graph(
             code = wait_for_graph(engine, task_ids=task_ids, on_poll=poll)
         except Interrupted as exc:
             code = 128 + exc.signum
-            err.print(f"{exc}: stopping the workers, then the dispatcher", markup=False)
+            say(f"{exc}: stopping the workers, then the dispatcher")
         finally:
             stopped = (0, False, False)
             if supervisor is not None:
@@ -444,9 +441,9 @@ def run_graph(
             kill_all(descendants(os.getpid()))  # orphaned work horses, adopted
             line = _stop_line(stopped[0], stopped[1], private is not None, stopped[2])
             if line:
-                err.print(line, markup=False, highlight=False)
+                say(line)
             if log_dir is not None and code != EXIT_DONE:
-                err.print(f"process logs: {log_dir}", markup=False, highlight=False)
+                say(f"process logs: {log_dir}")
         if log_dir is not None and code == EXIT_DONE:
             shutil.rmtree(log_dir, ignore_errors=True)
         if engine is not None:
@@ -467,4 +464,4 @@ def _summarise(engine: store.Engine, task_ids: Sequence[str], code: int) -> None
     out.print("summary: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     if code == EXIT_STUCK:
         for line in report_stuck(engine, task_ids):
-            console(stderr=True).print(line, markup=False, highlight=False)
+            say(line)
