@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-from redis.exceptions import RedisError
 
 from bridge import graph, render, store
-from bridge.broker import Broker, BrokerError, connect, nudge_quietly
+from bridge.broker import Broker, BrokerError, Withdrawal, connect, nudge_quietly
 from bridge.errors import BridgeError
 from bridge.settings import (
     DEFAULT_DATABASE_URL,
@@ -40,9 +39,15 @@ class Context:
             self._engine = store.open_engine(self.settings.database_url)
         return self._engine
 
+    @property
+    def namespace(self) -> str:
+        """The database's Redis namespace (read once)."""
+        with store.reading(self.engine) as session:
+            return store.namespace(session=session)
+
     def broker(self, *, check: bool = True, resilient: bool = False) -> Broker:
         client = connect(self.settings.redis_url, check=check, resilient=resilient)
-        return Broker(client, self.settings.queue, max_output=self.settings.max_output)
+        return Broker(client, self.namespace)
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -183,9 +188,10 @@ def add_specs(context: Context, specs: list[graph.TaskSpec], *, skip_same: bool)
             specs=specs,
             skip_same=skip_same,
             max_payload=context.settings.max_output,
+            queue=context.settings.queue,
         )
     if result.added:
-        _nudge(context.settings)
+        _nudge(context)
     return result
 
 
@@ -204,9 +210,9 @@ def _warn_unknown_kinds(settings: Settings, specs: list[graph.TaskSpec]) -> None
         )
 
 
-def _nudge(settings: Settings) -> None:
+def _nudge(context: Context) -> None:
     """Wake a running dispatcher at once; without Redis it finds the tasks on its own."""
-    nudge_quietly(settings.redis_url, settings.queue)
+    nudge_quietly(context.settings.redis_url, context.namespace)
 
 
 # ------------------------------------------------------------------------------ reading
@@ -292,7 +298,7 @@ def retry(context: Context, task_id: str) -> None:
     """Put a failed or cancelled task back to available (its history is kept)."""
     with store.writing(context.engine) as session:
         store.retry_task(session=session, task_id=task_id)
-    _nudge(context.settings)
+    _nudge(context)
     click.echo(f"task {task_id!r} is available again")
 
 
@@ -303,16 +309,13 @@ def cancel(context: Context, task_id: str) -> None:
     """Cancel a task; a queued job is removed, a running one is asked to stop."""
     with store.writing(context.engine) as session:
         cancelled = store.cancel_task(session=session, task_id=task_id)
-    _nudge(context.settings)  # its slot is free: let the dispatcher fill it now
+    _nudge(context)  # its slot is free: let the dispatcher fill it now
     message = f"task {task_id!r} cancelled"
     if cancelled.job_id is not None:
         try:
-            broker = context.broker()
-            outcome = broker.cancel(
-                cancelled.job_id, running=cancelled.previous is TaskStatus.WORKING
-            )
-            message += f"; {outcome}"
-        except (BrokerError, RedisError) as exc:
+            outcome = context.broker().cancel(cancelled.job_id, cancelled.queue)
+            message += f"; {outcome.message}"
+        except BrokerError as exc:
             message += f"; Redis not reachable ({exc}), any result it sends will be ignored"
     click.echo(message)
 
@@ -325,12 +328,12 @@ def clean(context: Context, yes: bool) -> None:
     if not yes:
         fail("this deletes every task and its history; add --yes to confirm", 2)
     with store.writing(context.engine) as session:
-        count = store.clean(session=session)
+        cleaned = store.clean(session=session)
     try:
-        context.broker().purge()
-    except (BrokerError, RedisError):
-        pass
-    click.echo(f"deleted {count} task(s)")
+        context.broker().supersede([Withdrawal(job, queue) for job, queue in cleaned.in_flight])
+    except BrokerError:
+        pass  # their reports can never match a later task: tokens are never reused
+    click.echo(f"deleted {cleaned.count} task(s)")
 
 
 # ------------------------------------------------------------------------------ services
@@ -354,10 +357,7 @@ def dispatch(context: Context, once: bool) -> None:
         redact_url(context.settings.redis_url),
         context.settings.slots,
     )
-    try:
-        totals = serve(context.settings, engine, broker, once=once)
-    except RedisError as exc:
-        fail(f"lost Redis at {redact_url(context.settings.redis_url)}: {exc}")
+    totals = serve(context.settings, engine, broker, once=once)
     logging.getLogger("bridge").info("dispatcher stopped: %s", totals_line(totals))
 
 
@@ -370,12 +370,9 @@ def worker(context: Context, burst: bool, name: str | None, quiet: bool) -> None
     """Run an RQ worker on the bridge queue."""
     from bridge.workers.process import run_worker
 
-    try:
-        run_worker(
-            context.settings, burst=burst, name=name, logging_level="WARNING" if quiet else "INFO"
-        )
-    except RedisError as exc:
-        fail(f"lost Redis at {redact_url(context.settings.redis_url)}: {exc}")
+    run_worker(
+        context.settings, burst=burst, name=name, logging_level="WARNING" if quiet else "INFO"
+    )
 
 
 @cli.command()

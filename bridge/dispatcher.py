@@ -3,7 +3,12 @@
 Each tick, in one transaction: apply the reports read from Redis, claim ready
 tasks into free slots as ``queued``. Then, after the commit: acknowledge the
 reports and enqueue the jobs. A crash between commit and enqueue leaves tasks
-``queued`` with no job; reconciliation sends them again (a new attempt).
+``queued`` with no job; reconciliation sends them again (a new attempt, with a
+new fencing token, after the old one is fenced off in Redis).
+
+One dispatcher per database serves every queue its tasks name; others stand by
+on the database lease. Neither a Redis outage nor a database error stops it: it
+logs, backs off and carries on until SIGTERM/SIGINT.
 """
 
 import logging
@@ -17,10 +22,21 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from types import FrameType
 
-from redis.exceptions import RedisError
-
 from bridge import store
-from bridge.broker import Broker
+from bridge.broker import Broker, BrokerError, BrokerUnavailable, Withdrawal
+from bridge.defaults import (
+    CHECK_EVERY,
+    DATABASE_RETRY,
+    DATABASE_RETRY_CAP,
+    LEASE_MARGIN,
+    LEASE_TTL,
+    LOST_JOB_GRACE,
+    MAX_BLOCK,
+    PICKED_GRACE,
+    QUEUE_TIMEOUT,
+    REPORT_GRACE,
+    TIMEOUT_MARGIN,
+)
 from bridge.messages import Dispatch, Report
 from bridge.recovery import Flight, JobState, Limits, Verdict, judge
 from bridge.settings import Settings
@@ -28,23 +44,11 @@ from bridge.states import ReportKind, TaskStatus
 
 log = logging.getLogger("bridge.dispatcher")
 
-LEASE_TTL = 15.0
-"""Seconds a dispatcher's lease lasts unless renewed: a standby takes over after this."""
-CHECK_EVERY = 1.0
-"""Seconds between checks for lost jobs, dead workers and a restarted Redis."""
-LOST_JOB_GRACE = 5.0
-"""A job id missing from Redis this long after its dispatch means Redis lost it."""
-TIMEOUT_MARGIN = 30.0
-"""A task still ``working`` this long past its timeout is failed as stuck."""
-QUEUE_TIMEOUT = 600.0
-"""A job waiting in the queue this long is withdrawn and sent again."""
-LEASE_MARGIN = 5.0
-"""Dispatch only while the lease has this long left, so a successor cannot overlap."""
+LEASE_NAME = "dispatcher"
+"""One lease per database: one dispatcher serves all of its queues."""
 CONSUMER = "dispatcher"
-"""One consumer name for every dispatcher of a queue (only the lease holder reads),
+"""One consumer name for every dispatcher of a database (only the lease holder reads),
 so a successor re-reads what a killed predecessor read but never acknowledged."""
-MAX_BLOCK = 0.5
-"""Longest blocking read on the report stream, so stop requests are seen quickly."""
 
 
 @dataclass
@@ -66,7 +70,6 @@ class Dispatcher:
     stop_event: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
-        self.lease_name = f"dispatcher:{self.settings.queue}"
         self._run_id: str | None = None
         self._next_check = 0.0
         self._lease_until = 0.0
@@ -74,6 +77,7 @@ class Dispatcher:
         self._wakeup: datetime | None = None
         self._wakeup_stale = True
         self._picked_since: dict[str, float] = {}
+        self._queues: set[str] = {self.settings.queue}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -86,47 +90,67 @@ class Dispatcher:
         signal.signal(signal.SIGINT, _stop)
 
     def run(self, *, once: bool = False) -> TickStats:
-        """Dispatch until stopped (or one pass with ``once``); returns the totals."""
+        """Dispatch until stopped (or one pass with ``once``); returns the totals.
+
+        Redis and database errors are logged and retried with backoff; only a stop
+        request (or ``once``) ends the loop.
+        """
         totals = TickStats()
         if not self._wait_for_lease(once=once):
             return totals
         try:
-            self.start(totals)
+            self.broker.claim_queues(self._queues)
+            started = False
+            failures = 0
             while not self.stop_event.is_set():
                 try:
+                    if not started:
+                        self.start(totals)
+                        started = True
                     self._add(totals, self.tick(block=not once))
                     if once:
                         break
                     self._maintain(totals)
-                except RedisError as exc:
+                    failures = 0
+                except (BrokerUnavailable, store.StoreError) as exc:
                     if once:
                         raise
-                    # The database holds everything; once Redis answers again, the run-id
-                    # check re-sends what it lost.
-                    log.warning("Redis unavailable (%s); trying again", exc)
-                    self.stop_event.wait(1.0)
+                    failures += 1
+                    pause = min(DATABASE_RETRY_CAP, DATABASE_RETRY * 2 ** min(failures - 1, 8))
+                    what = "Redis" if isinstance(exc, BrokerUnavailable) else "the database"
+                    log.warning("%s failed (%s); trying again in %.0fs", what, exc, pause)
+                    self.broker.reread_pending()
+                    self._claim_wanted = True
+                    self._wakeup_stale = True
+                    self.stop_event.wait(pause)
         finally:
-            self._release_lease()
+            self._release()
         return totals
 
     def start(self, totals: TickStats | None = None) -> None:
         """Apply what a crashed predecessor left unacknowledged, rebuild slots, reconcile."""
         totals = totals or TickStats()
         if not self._renew_lease():
-            raise store.StoreError("another dispatcher holds the lease for this queue")
+            raise store.StoreError("another dispatcher holds the lease for this database")
         self.broker.ensure_group()
         self._run_id = self.broker.run_id()
-        while True:  # drain every pending report before judging what is in flight
-            stats = self.tick(block=False, claim=False)
-            self._add(totals, stats)
-            if stats.applied + stats.ignored == 0:
-                break
+        self._add(totals, self.drain())
         with store.writing(self.engine) as session:
             in_flight = store.reset_slots(session=session, slots=self.settings.slots)
         log.info("slots reset: %d task(s) in flight", len(in_flight))
         totals.recovered += self.reconcile(grace=0.0)
 
     # ------------------------------------------------------------------ the tick
+
+    def drain(self) -> TickStats:
+        """Apply every report waiting in Redis, without claiming: what is in flight is
+        judged only after this, so no report on its way is mistaken for a lost job."""
+        totals = TickStats()
+        while True:
+            stats = self.tick(block=False, claim=False)
+            self._add(totals, stats)
+            if stats.applied + stats.ignored == 0:
+                return totals
 
     def tick(self, *, block: bool = True, claim: bool = True) -> TickStats:
         """Read reports (blocking), apply them and claim ready tasks in one commit, then
@@ -139,8 +163,11 @@ class Dispatcher:
         if len(reports) < len(incoming) or any(r.kind is not ReportKind.STARTED for r in reports):
             self._claim_wanted = True  # a nudge (tasks added or retried) or a freed slot
         if self._wakeup is not None and self._wakeup <= datetime.now(timezone.utc):
-            self._claim_wanted = True  # a retry backoff ended
-            self._wakeup_stale = True
+            # A retry backoff ended: claim once for it. The next wake-up time is looked up
+            # again only when something changes, so a backoff that ends while every slot
+            # is busy does not turn into a claim on every tick.
+            self._claim_wanted = True
+            self._wakeup = None
         claiming = claim and self._claim_wanted and self._lease_valid()
         dispatches: list[Dispatch] = []
         if reports or claiming:
@@ -151,16 +178,36 @@ class Dispatcher:
                     )
                     stats.applied = sum(1 for a in applied if a.target is not None)
                     stats.ignored = len(applied) - stats.applied
-                    if any(a.target is TaskStatus.AVAILABLE for a in applied):
-                        self._wakeup_stale = True  # a failed attempt will be retried
+                    for a in applied:
+                        if a.target is TaskStatus.AVAILABLE:
+                            self._wakeup_stale = True  # a failed attempt will be retried
+                        if a.target in (TaskStatus.FAILED, TaskStatus.AVAILABLE):
+                            log.info(
+                                "task %r attempt %d failed%s: %s",
+                                a.report.task_id,
+                                a.report.attempt,
+                                ", will retry" if a.target is TaskStatus.AVAILABLE else "",
+                                (a.report.error or "").splitlines()[0][:300],
+                            )
                 if claiming:
-                    dispatches = store.claim_ready(session=session, slots=self.settings.slots)
+                    dispatches = store.claim_ready(
+                        session=session,
+                        slots=self.settings.slots,
+                        max_output=self.settings.max_output,
+                    )
                     self._claim_wanted = False
+        self._claim_new_queues(dispatches)
         self.broker.settle([m.message_id for m in incoming], dispatches)
         stats.dispatched = len(dispatches)
         if stats.dispatched or reports:
             log.debug("tick: %s", stats)
         return stats
+
+    def _claim_new_queues(self, dispatches: list[Dispatch]) -> None:
+        new = {d.queue for d in dispatches} - self._queues
+        if new:
+            self.broker.claim_queues(new)
+            self._queues |= new
 
     def _block_seconds(self) -> float:
         wait = min(MAX_BLOCK, max(0.0, self._next_check - time.monotonic()))
@@ -188,6 +235,12 @@ class Dispatcher:
                 return
             self.start(totals)
             return
+        try:
+            self.broker.claim_queues(self._queues)
+        except BrokerError as exc:
+            if isinstance(exc, BrokerUnavailable):
+                raise
+            log.error("%s", exc)
         run_id = self.broker.run_id()
         if run_id != self._run_id:
             log.warning("Redis restarted (run id changed): re-dispatching everything in flight")
@@ -200,59 +253,80 @@ class Dispatcher:
     def reconcile(self, *, grace: float, everything: bool = False) -> int:
         """Resolve every task in flight that Redis disagrees with (``recovery.judge``).
 
-        Lost jobs are sent again as a new attempt; attempts whose worker died or
-        hung are failed (and retried if attempts are left). With ``everything``
-        (Redis restarted: its view of any job is worthless) all are sent again.
-        Returns how many tasks it acted on.
+        Every pending report is applied first. Lost jobs are sent again as a new
+        attempt; attempts whose worker died or hung are failed (and retried if
+        attempts are left). Each replaced attempt is fenced off in Redis before
+        anything else happens to it; one that a live worker turns out to be running
+        is left alone. With ``everything`` (Redis restarted: its view of any job is
+        worthless) all are sent again. Returns how many tasks it acted on.
         """
+        self.drain()
         with store.reading(self.engine) as session:
             flights = store.in_flight(session=session)
         if not flights:
             self._picked_since.clear()
             return 0
-        jobs = self._observe(self.broker.job_states([f.job_id for f in flights if f.job_id]))
-        limits = Limits(grace=grace, queue_timeout=QUEUE_TIMEOUT, timeout_margin=TIMEOUT_MARGIN)
+        jobs = self._observe(
+            self.broker.job_states([(f.job_id, f.queue) for f in flights if f.job_id])
+        )
+        limits = Limits(
+            grace=grace,
+            queue_timeout=QUEUE_TIMEOUT,
+            timeout_margin=TIMEOUT_MARGIN,
+            picked_grace=PICKED_GRACE,
+            report_grace=REPORT_GRACE,
+        )
         moment = datetime.now(timezone.utc)
-        resend: dict[str, list[Flight]] = {}
-        failures: list[Report] = []
+        resend: list[tuple[Flight, str]] = []
+        failing: list[tuple[Flight, str]] = []
         for flight in flights:
             job = jobs.get(flight.job_id or "", JobState(exists=False))
             if everything:
                 verdict: Verdict | None = Verdict(True, "re-dispatched: Redis restarted")
+            elif flight.job_id and f"-{self.broker.namespace}-t" not in flight.job_id:
+                # Sent by a bridge before fencing tokens: today's workers refuse its job.
+                verdict = Verdict(True, "re-dispatched: its job was sent by an older bridge")
             else:
                 verdict = judge(flight, job, now=moment, limits=limits)
-            if verdict is None:
-                continue
-            if verdict.redispatch:
-                resend.setdefault(verdict.reason, []).append(flight)
-            else:
-                failures.append(
-                    Report(
-                        flight.task_id,
-                        flight.attempt,
-                        ReportKind.FAILED,
-                        flight.worker,
-                        error=verdict.reason,
-                    )
-                )
-        if not resend and not failures:
+            if verdict is not None:
+                (resend if verdict.redispatch else failing).append((flight, verdict.reason))
+        if not (resend or failing) or not self._lease_valid():
             return 0
-        if not self._lease_valid():
-            return 0
-        dispatches = []
+        running = self.broker.supersede(
+            [Withdrawal(f.job_id, f.queue) for f, _ in resend if f.job_id]
+        ) | self.broker.supersede(
+            [Withdrawal(f.job_id, f.queue) for f, _ in failing if f.job_id], withdraw=False
+        )
+        resend = [(f, r) for f, r in resend if f.job_id not in running]
+        failing = [(f, r) for f, r in failing if f.job_id not in running]
+        groups: dict[str, list[Flight]] = {}
+        for flight, reason in resend:
+            groups.setdefault(reason, []).append(flight)
+        failures = [
+            Report(f.task_id, f.attempt, ReportKind.FAILED, f.job_id or "", f.worker, error=r)
+            for f, r in failing
+        ]
+        dispatches: list[Dispatch] = []
         with store.writing(self.engine) as session:
-            for reason, group in resend.items():
-                dispatches += store.redispatch(session=session, tasks=group, reason=reason)
+            for reason, group in groups.items():
+                dispatches += store.redispatch(
+                    session=session,
+                    tasks=group,
+                    reason=reason,
+                    max_output=self.settings.max_output,
+                )
             if failures:
                 store.apply_reports(
                     session=session, reports=failures, max_output=self.settings.max_output
                 )
-        self.broker.withdraw([f.job_id for group in resend.values() for f in group if f.job_id])
+        self._claim_new_queues(dispatches)
         self.broker.enqueue(dispatches)
         for d in dispatches:
             log.warning("task %r sent again as attempt %d: %s", d.task_id, d.attempt, d.job_id)
         for r in failures:
             log.warning("task %r attempt %d failed: %s", r.task_id, r.attempt, r.error)
+        if failures:
+            self._wakeup_stale = True
         return len(dispatches) + len(failures)
 
     def _observe(self, jobs: dict[str, JobState]) -> dict[str, JobState]:
@@ -272,10 +346,13 @@ class Dispatcher:
     def _wait_for_lease(self, *, once: bool) -> bool:
         announced = False
         while not self.stop_event.is_set():
-            if self._renew_lease():
-                if announced:
-                    log.info("took over the dispatcher lease")
-                return True
+            try:
+                if self._renew_lease():
+                    if announced:
+                        log.info("took over the dispatcher lease")
+                    return True
+            except store.StoreError as exc:
+                log.warning("cannot check the dispatcher lease (%s); trying again", exc)
             if once:
                 log.error("another dispatcher holds the lease; --once does nothing")
                 return False
@@ -294,15 +371,19 @@ class Dispatcher:
         clock = time.time()
         with store.writing(self.engine) as session:
             ok = store.acquire_lease(
-                session=session, name=self.lease_name, holder=self.name, ttl=LEASE_TTL, clock=clock
+                session=session, name=LEASE_NAME, holder=self.name, ttl=LEASE_TTL, clock=clock
             )
         self._lease_until = clock + LEASE_TTL if ok else 0.0
         return ok
 
-    def _release_lease(self) -> None:
+    def _release(self) -> None:
+        try:
+            self.broker.release_queues(self._queues)
+        except BrokerError as exc:
+            log.warning("could not release the queues: %s", exc)
         try:
             with store.writing(self.engine) as session:
-                store.release_lease(session=session, name=self.lease_name, holder=self.name)
+                store.release_lease(session=session, name=LEASE_NAME, holder=self.name)
         except store.StoreError as exc:
             log.warning("could not release the lease: %s", exc)
 

@@ -5,7 +5,6 @@ frozen dataclass with its own encode/decode, so a malformed message fails with
 a typed error instead of a KeyError deep in the dispatcher.
 """
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -15,48 +14,99 @@ from bridge.errors import BridgeError
 from bridge.states import ReportKind
 
 JOB_FUNCTION = "bridge.workers.entry.run_task"
-"""The one function RQ runs; the dispatcher names it by string and imports no worker code."""
+"""The one function bridge's workers run; every other job is refused unrun. The
+dispatcher names it by string and imports no worker code."""
+
+MESSAGE_VERSION = 1
+"""The format of a job's fields; a worker refuses a job of another version."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
-def job_id_for(task_id: str, attempt: int) -> str:
-    """An RQ job id (``[A-Za-z0-9_-]+``) that names the task and the attempt.
+def job_id_for(task_id: str, namespace: str, token: int) -> str:
+    """An RQ job id (``[A-Za-z0-9_-]+``) that names the task and carries the fencing token.
 
-    User ids may hold any character, so a readable prefix is kept and a hash of
-    the whole id makes it unique.
+    The token is unique over the database's life and the namespace names the
+    database, so no two attempts anywhere share a job id (nor the Redis keys
+    derived from it); a readable prefix of the task id helps whoever reads RQ.
     """
-    digest = hashlib.sha1(task_id.encode()).hexdigest()[:16]
     readable = _UNSAFE.sub("_", task_id)[:40].strip("_") or "task"
-    return f"bridge-{readable}-{digest}-a{attempt}"
+    return f"bridge-{readable}-{namespace}-t{token}"
 
 
-def reports_key(queue: str) -> str:
-    """The Redis stream workers append reports to."""
-    return f"bridge:{queue}:reports"
-
-
-def heartbeat_key(queue: str, job_id: str) -> str:
-    """Kept alive by the worker while it runs a job; its expiry means the worker died."""
-    return f"bridge:{queue}:alive:{job_id}"
-
-
-def cancel_key(queue: str, job_id: str) -> str:
-    """Set by ``bridge cancel``: a worker checks it before starting the job."""
-    return f"bridge:{queue}:cancel:{job_id}"
+class MessageError(BridgeError, ValueError):
+    """A job's fields or a stream entry that is not what bridge sends."""
 
 
 @dataclass(frozen=True)
 class Dispatch:
-    """A task committed as ``queued`` for one attempt: what the broker enqueues."""
+    """One attempt of a task, committed ``queued``: what the broker enqueues and the
+    worker entry decodes (the job's keyword arguments are exactly ``encode()``)."""
 
     task_id: str
     attempt: int
     job_id: str
+    """Carries the fencing token; a report counts only if it names the task's current job."""
     kind: str
     payload: str | None
     """The task's payload as JSON text, passed to the worker untouched."""
-    timeout: int | None
+    timeout: float | None
+    queue: str = "bridge"
+    namespace: str = ""
+    """The database's Redis namespace: where the worker sends its reports."""
+    max_output: int = 1024 * 1024
+
+    def encode(self) -> dict[str, Any]:
+        return {
+            "v": MESSAGE_VERSION,
+            "task_id": self.task_id,
+            "attempt": self.attempt,
+            "job_id": self.job_id,
+            "kind": self.kind,
+            "payload": self.payload,
+            "timeout": self.timeout,
+            "queue": self.queue,
+            "namespace": self.namespace,
+            "max_output": self.max_output,
+        }
+
+    @classmethod
+    def decode(cls, fields: Any) -> "Dispatch":
+        """The job's fields, checked field by field: anything else is a ``MessageError``."""
+        if not isinstance(fields, dict) or fields.get("v") != MESSAGE_VERSION:
+            raise MessageError("not a bridge job (unknown message version)")
+        try:
+            dispatch = cls(
+                task_id=_typed(fields, "task_id", str),
+                attempt=_typed(fields, "attempt", int),
+                job_id=_typed(fields, "job_id", str),
+                kind=_typed(fields, "kind", str),
+                payload=_typed(fields, "payload", str, optional=True),
+                timeout=_typed(fields, "timeout", (int, float), optional=True),
+                queue=_typed(fields, "queue", str),
+                namespace=_typed(fields, "namespace", str),
+                max_output=_typed(fields, "max_output", int),
+            )
+        except KeyError as exc:
+            raise MessageError(f"not a bridge job (missing {exc})") from None
+        extra = sorted(set(fields) - set(dispatch.encode()))
+        if extra:
+            raise MessageError(f"not a bridge job (unexpected fields {extra})")
+        if not _NAMESPACE.fullmatch(dispatch.namespace):
+            raise MessageError("not a bridge job (bad namespace)")
+        return dispatch
+
+
+_NAMESPACE = re.compile(r"[0-9a-f]{1,32}")
+
+
+def _typed(fields: dict, name: str, kind: Any, *, optional: bool = False) -> Any:
+    value = fields[name]
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise MessageError(f"not a bridge job (field {name!r} has the wrong type)")
+    return value
 
 
 class ReportError(BridgeError, ValueError):
@@ -68,6 +118,8 @@ class Report:
     task_id: str
     attempt: int
     kind: ReportKind
+    job_id: str
+    """The attempt's job id, which carries its fencing token."""
     worker: str | None = None
     output: str | None = None
     """JSON text of the handler's return value (``succeeded`` only)."""
@@ -83,6 +135,7 @@ class Report:
             "task_id": self.task_id,
             "attempt": str(self.attempt),
             "kind": self.kind.value,
+            "job_id": self.job_id,
         }
         for name in ("worker", "output", "error", "traceback", "at", "started_at"):
             value = getattr(self, name)
@@ -98,6 +151,7 @@ class Report:
                 task_id=text["task_id"],
                 attempt=int(text["attempt"]),
                 kind=ReportKind(text["kind"]),
+                job_id=text["job_id"],
                 worker=text.get("worker"),
                 output=text.get("output"),
                 error=text.get("error"),
@@ -123,8 +177,18 @@ def truncate(text: str, limit: int) -> str:
 
 
 def output_json(value: Any, limit: int) -> str:
-    """The handler's value as ``tasks.output`` holds it; oversize becomes a marked string."""
-    text = json.dumps(value, ensure_ascii=False, default=repr)
+    """The handler's value as ``tasks.output`` holds it; oversize becomes a marked string.
+
+    Only JSON values are accepted: an object, a set or bytes raise ``TypeError`` and
+    NaN or Infinity raise ``ValueError`` (the attempt fails saying so), rather than
+    being stored as a ``repr`` or as text that is not JSON.
+    """
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise ValueError("the handler returned NaN or Infinity, which JSON cannot hold") from None
+    except TypeError as exc:
+        raise TypeError(f"the handler's return value is not JSON: {exc}") from None
     if len(text.encode()) <= limit:
         return text
     budget = limit

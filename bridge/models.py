@@ -45,6 +45,10 @@ class Task(SQLModel, table=True):
     updated_at: str | None = None
     note: str | None = Field(default=None, sa_column=Column(Text))
     """Why the task is in its state, when that is not obvious (shown by ``bridge show``)."""
+    queue: str = Field(
+        default="bridge", sa_column_kwargs={"nullable": False, "server_default": "bridge"}
+    )
+    """The RQ queue its jobs go to; it is judged only against that queue."""
 
 
 Index("ix_tasks_status", Task.__table__.c.status)
@@ -109,3 +113,19 @@ class Lease(SQLModel, table=True):
     name: str = Field(primary_key=True)
     holder: str
     expires_at: float
+
+
+class Meta(SQLModel, table=True):
+    """Facts about the database itself, one row per key.
+
+    ``identity``: a random id made when the database is created; everything this
+    database puts in Redis is namespaced by it, so two databases sharing a Redis
+    never read each other's reports. ``next_token``: the next fencing token; every
+    dispatch takes a new one, unique over the database's whole life (a re-added id
+    or a ``clean`` never brings an old token back).
+    """
+
+    __tablename__ = "bridge_meta"
+
+    key: str = Field(primary_key=True)
+    value: str

@@ -21,8 +21,9 @@ class Flight:
     job_id: str | None
     queued_at: str | None
     started_at: str | None
-    timeout: int | None
+    timeout: float | None
     worker: str | None
+    queue: str = "bridge"
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class JobState:
     status: str | None = None
     """RQ's job status: queued, started, finished, failed, stopped, canceled..."""
     started_at: datetime | None = None
+    ended_at: datetime | None = None
+    """When RQ saw the job end (finished, failed, stopped)."""
     waiting: bool = False
     """In the queue, waiting for a worker."""
     picked: bool = False
@@ -40,7 +43,7 @@ class JobState:
     picked_for: float | None = None
     """Seconds the dispatcher has seen it picked and not started (None: not picked)."""
     heartbeat: bool = False
-    """The worker running it renewed its heartbeat within the TTL."""
+    """The worker process watching it renewed its heartbeat within the TTL."""
 
 
 @dataclass(frozen=True)
@@ -53,13 +56,15 @@ class Verdict:
 @dataclass(frozen=True)
 class Limits:
     grace: float = 5.0
-    """Seconds after dispatch before Redis's view is trusted (the enqueue is in progress)."""
+    """Seconds after dispatch (or after RQ saw a job end) before Redis's view is trusted."""
     queue_timeout: float = 600.0
     """Seconds a job may wait in the queue before it is sent again."""
     timeout_margin: float = 30.0
     """Seconds past a task's timeout before a still-working attempt is failed."""
     picked_grace: float = 5.0
     """Seconds a job may sit picked but not started (a worker stopped in between)."""
+    report_grace: float = 60.0
+    """Seconds a finished job's report may take to arrive before the attempt is re-sent."""
 
 
 def parse_time(text: str | None) -> datetime | None:
@@ -68,42 +73,62 @@ def parse_time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text.replace("Z", "")).replace(tzinfo=timezone.utc)
 
 
+def _older(moment: datetime | None, now: datetime, seconds: float) -> bool:
+    return moment is not None and now - moment > timedelta(seconds=seconds)
+
+
 def judge(flight: Flight, job: JobState, *, now: datetime, limits: Limits) -> Verdict | None:
-    """What to do with a task in flight, or None to leave it alone."""
+    """What to do with a task in flight, or None to leave it alone.
+
+    The caller has applied every pending report first, so what is judged here is
+    what no report explains. Death is presumed only on evidence: a job whose worker
+    keeps its heartbeat is alive however long it runs (up to its timeout); a job RQ
+    says finished has a report on its way.
+    """
     queued_at = parse_time(flight.queued_at)
-    if queued_at is None or now - queued_at < timedelta(seconds=limits.grace):
+    if queued_at is None or not _older(queued_at, now, limits.grace):
         return None
     if not job.exists:
         return Verdict(True, "re-dispatched: its job was lost by Redis")
-    started = job.started_at or parse_time(flight.started_at)
-    started_long_ago = started is not None and now - started > timedelta(seconds=limits.grace)
-    dead = not job.heartbeat and (job.status == "started" or flight.status is TaskStatus.WORKING)
-    if dead and (started_long_ago or flight.status is TaskStatus.WORKING):
-        return Verdict(
-            False,
-            f"WorkerLost: worker {flight.worker or '?'} stopped sending heartbeats"
-            f" while running attempt {flight.attempt} (killed or crashed)",
-        )
-    if flight.status is TaskStatus.WORKING:
-        if flight.timeout and started is not None:
-            limit = started + timedelta(seconds=flight.timeout + limits.timeout_margin)
-            if now > limit:
+    if job.status == "finished":
+        if _older(job.ended_at, now, limits.report_grace):
+            return Verdict(
+                True,
+                f"re-dispatched: its job finished over {limits.report_grace:g}s ago"
+                " and its report never arrived",
+            )
+        return None  # the report is on its way
+    if job.heartbeat:
+        started = job.started_at or parse_time(flight.started_at)
+        if flight.status is TaskStatus.WORKING and flight.timeout and started is not None:
+            if _older(started, now, flight.timeout + limits.timeout_margin):
                 return Verdict(
                     False,
                     f"TimeoutError: still working {limits.timeout_margin:g}s past"
-                    f" its timeout of {flight.timeout}s",
+                    f" its timeout of {flight.timeout:g}s",
                 )
         return None
     if job.status in ("failed", "stopped", "canceled"):
-        return Verdict(False, f"JobFailed: RQ marked the job {job.status} before it reported")
-    if job.status == "queued" and job.picked and not job.waiting:
+        if job.ended_at is None or _older(job.ended_at, now, limits.grace):
+            return Verdict(False, f"JobFailed: RQ marked the job {job.status} and no report came")
+        return None
+    started = job.started_at or parse_time(flight.started_at)
+    if job.status == "started" or flight.status is TaskStatus.WORKING:
+        if started is None or _older(started, now, limits.grace):
+            return Verdict(
+                False,
+                f"WorkerLost: worker {flight.worker or '?'} stopped sending heartbeats"
+                f" while running attempt {flight.attempt} (killed, crashed or paused)",
+            )
+        return None
+    if job.picked and not job.waiting:
         if job.picked_for is not None and job.picked_for > limits.picked_grace:
             return Verdict(
                 True, "re-dispatched: a worker took its job and stopped before running it"
             )
         return None
-    if job.status == "queued" and not job.waiting:
+    if not job.waiting:
         return Verdict(True, "re-dispatched: its job had left the queue without running")
-    if job.status == "queued" and now - queued_at > timedelta(seconds=limits.queue_timeout):
+    if _older(queued_at, now, limits.queue_timeout):
         return Verdict(True, f"re-dispatched: queued for over {limits.queue_timeout:g}s")
     return None

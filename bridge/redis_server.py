@@ -30,8 +30,7 @@ import tempfile
 import time
 from types import TracebackType
 
-import redis
-
+from bridge.broker import connect
 from bridge.defaults import ORPHAN_GRACE
 
 __all__ = ["NO_REDIS_MESSAGE", "PrivateRedis", "find_redis_binary"]
@@ -274,17 +273,10 @@ class PrivateRedis:
                 unixsocketperm="700",
                 requirepass=_quote(self._password or ""),
             )
-            client = redis.Redis(
-                unix_socket_path=os.path.join(self._directory, _SOCKET_NAME),
-                password=self._password,
-                socket_connect_timeout=0.5,
-                socket_timeout=1.0,
-            )
+            client = connect(self.url, check=False)
         else:
             config.update(bind=_HOST, port=str(port), **{"protected-mode": "no"})
-            client = redis.Redis(
-                host=_HOST, port=port, socket_connect_timeout=0.5, socket_timeout=1.0
-            )
+            client = connect(f"redis://{_HOST}:{port}/0", check=False)
         # The config file, not argv: the command line of any process is public.
         config_path = os.path.join(self._directory, "redis.conf")
         descriptor = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -315,7 +307,7 @@ class PrivateRedis:
                         if self._want_keeper and self._keeper is None:
                             self._start_keeper()
                         return ""
-                except redis.RedisError:
+                except Exception:  # any Redis error: not up (or not ours) yet
                     pass
                 time.sleep(0.05)
         finally:
@@ -413,14 +405,14 @@ def _keep() -> None:
         signal.signal(signum, signal.SIG_IGN)  # only the owner's end (EOF) counts
     while sys.stdin.buffer.read(4096):
         pass
-    client = redis.Redis.from_url(url, socket_timeout=5.0)
+    client = connect(url, check=False)
     deadline = time.monotonic() + ORPHAN_GRACE
     try:
         while time.monotonic() < deadline and len(client.client_list()) > 1:
             time.sleep(0.2)
         client.shutdown(nosave=True)
-    except redis.RedisError:
-        pass  # gone already, or gone now
+    except Exception:
+        pass  # any Redis error: gone already, or gone now
     if directory:
         shutil.rmtree(directory, ignore_errors=True)
 

@@ -97,14 +97,21 @@ def decide_report(
     kind: ReportKind,
     failures: int,
     max_attempts: int,
+    task_job: str | None = None,
+    report_job: str | None = None,
 ) -> Decision:
     """The fencing rule: a report counts only for the current attempt of a task in flight.
 
-    Late, duplicate or stale reports are ignored, and the caller records them as such.
+    The attempt is identified by its job id, which carries a fencing token unique over
+    the database's life (``task_job``/``report_job``); the attempt number alone would
+    repeat after ``clean`` or for a re-added id. Late, duplicate or stale reports are
+    ignored, and the caller records them as such.
     """
-    if report_attempt != task_attempt:
+    if report_attempt != task_attempt or report_job != task_job:
         return Decision(
-            None, f"stale report for attempt {report_attempt}, task is at {task_attempt}"
+            None,
+            f"stale report for attempt {report_attempt} ({report_job or 'no job'}),"
+            f" task is at attempt {task_attempt} ({task_job or 'no job'})",
         )
     if status not in IN_FLIGHT:
         return Decision(None, f"report '{kind.value}' arrived after the task became {status.value}")

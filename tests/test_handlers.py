@@ -4,7 +4,7 @@ import os
 import time
 from typing import Any
 
-from bridge.workers import handler
+from bridge import handler
 
 
 @handler("record")
@@ -23,3 +23,15 @@ def record(payload: Any) -> dict[str, Any]:
 @handler("sum_inputs")
 def sum_inputs(payload: Any) -> int:
     return sum(payload.get("values", [])) if isinstance(payload, dict) else 0
+
+
+@handler("marked_sleep")
+def marked_sleep(payload: Any) -> str:
+    """Write ``start <name>``, sleep, write ``end <name>``: tests see whether a run was cut."""
+    payload = payload or {}
+    with open(payload["log"], "a", encoding="utf-8") as log:
+        log.write(f"start {payload.get('name', '?')} {os.getpid()}\n")
+    time.sleep(float(payload.get("sleep", 5)))
+    with open(payload["log"], "a", encoding="utf-8") as log:
+        log.write(f"end {payload.get('name', '?')} {os.getpid()}\n")
+    return "slept"

@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from bridge.messages import Dispatch
 from bridge.states import TaskStatus
-from bridge.store.admin import Cancelled, cancel_task, clean, retry_task
+from bridge.store.admin import Cancelled, Cleaned, cancel_task, clean, retry_task
 from bridge.store.dispatching import (
     claim_ready,
     in_flight,
@@ -20,7 +20,6 @@ from bridge.store.dispatching import (
     reset_slots,
 )
 from bridge.store.engine import (
-    BUSY_TIMEOUT_MS,
     StoreError,
     TaskStateError,
     now,
@@ -31,6 +30,7 @@ from bridge.store.engine import (
 )
 from bridge.store.leases import acquire_lease, holds_lease, lease_holder, release_lease
 from bridge.store.reports import Applied, apply_reports
+from bridge.store.schema import namespace, take_tokens
 from bridge.store.tables import EDGES, EVENTS, LEASES, SLOTS, TASKS
 from bridge.store.tasks import (
     AddResult,
@@ -49,7 +49,6 @@ from bridge.store.tasks import (
 )
 
 __all__ = [
-    "BUSY_TIMEOUT_MS",
     "EDGES",
     "EVENTS",
     "LEASES",
@@ -58,6 +57,7 @@ __all__ = [
     "AddResult",
     "Applied",
     "Cancelled",
+    "Cleaned",
     "Dispatch",
     "Engine",
     "Progress",
@@ -80,6 +80,7 @@ __all__ = [
     "list_events",
     "list_slots",
     "list_tasks",
+    "namespace",
     "next_wakeup",
     "now",
     "open_engine",
@@ -92,6 +93,7 @@ __all__ = [
     "retry_task",
     "spec_of",
     "stamp",
+    "take_tokens",
     "task_dict",
     "writing",
 ]

@@ -57,6 +57,7 @@ class Cancelled:
     task_id: str
     previous: TaskStatus
     job_id: str | None
+    queue: str
 
 
 def cancel_task(*, session: Session, task_id: str) -> Cancelled:
@@ -85,19 +86,39 @@ def cancel_task(*, session: Session, task_id: str) -> Cancelled:
         session,
         [_event(task_id, previous.value, "cancelled", task.attempts, at, "cancelled by user")],
     )
-    return Cancelled(task_id, previous, task.job_id if previous in IN_FLIGHT else None)
+    return Cancelled(task_id, previous, task.job_id if previous in IN_FLIGHT else None, task.queue)
 
 
 def sources_of_set(target: TaskStatus) -> set[TaskStatus]:
     return {TaskStatus(s) for s in sources_of(target)}
 
 
-def clean(*, session: Session) -> int:
-    """Delete every task, edge and event, and free every slot."""
+@dataclass(frozen=True)
+class Cleaned:
+    count: int
+    in_flight: list[tuple[str, str]]
+    """``(job id, queue)`` of every attempt that was in flight: the caller fences them
+    off in Redis, so none of them starts and a running one is stopped."""
+
+
+def clean(*, session: Session) -> Cleaned:
+    """Delete every task, edge and event, and free every slot.
+
+    Fencing tokens are not reset (they live in ``bridge_meta``): a report from an
+    attempt started before the clean can never match a task added after it.
+    """
     conn = session.connection()
     count = int(conn.execute(select(func.count()).select_from(TASKS)).scalar() or 0)
+    in_flight = [
+        (row.job_id, row.queue)
+        for row in conn.execute(
+            select(TASKS.c.job_id, TASKS.c.queue).where(
+                TASKS.c.status.in_([s.value for s in IN_FLIGHT]), TASKS.c.job_id.is_not(None)
+            )
+        )
+    ]
     conn.execute(delete(EVENTS))
     conn.execute(delete(EDGES))
     conn.execute(delete(TASKS))
     conn.execute(update(SLOTS).values(active=0, task_id=None, worker_id=None, updated_at=now()))
-    return count
+    return Cleaned(count, in_flight)

@@ -12,6 +12,7 @@ from bridge.states import (
     IN_FLIGHT,
     TaskStatus,
 )
+from bridge.store import schema
 from bridge.store.engine import StoreError, now
 from bridge.store.tables import SLOTS, TASKS, _chunks, _event, _record
 
@@ -62,7 +63,7 @@ def reset_slots(*, session: Session, slots: int) -> list[str]:
 
 
 _READY_SQL = (
-    "SELECT id, kind, payload, timeout, attempts FROM tasks{hint}"
+    "SELECT id, kind, payload, timeout, attempts, queue FROM tasks{hint}"
     " WHERE status = 'available' AND pending_deps = 0"
     " AND (not_before IS NULL OR not_before <= :now)"
     " ORDER BY priority DESC, seq LIMIT :limit"
@@ -83,32 +84,25 @@ def _ready_query(session: Session) -> Any:
     return _READY["sqlite" if dialect == "sqlite" else "other"]
 
 
-def claim_ready(*, session: Session, slots: int) -> list[Dispatch]:
+def claim_ready(*, session: Session, slots: int, max_output: int = 1024 * 1024) -> list[Dispatch]:
     """Move ready tasks into free slots as ``queued``: priority first, then age.
 
-    Work is proportional to the tasks claimed (partial index), never to history.
+    At most ``slots`` tasks are ever in flight: after ``--slots`` is lowered, tasks
+    already in flight above the new limit finish first and nothing new is claimed
+    until the count is below it. Work is proportional to the tasks claimed (partial
+    index), never to history.
     """
     conn = session.connection()
-    free = [
-        row.slot
-        for row in conn.execute(
-            select(SLOTS.c.slot)
-            .where(SLOTS.c.active == 0, SLOTS.c.slot <= slots)
-            .order_by(SLOTS.c.slot)
-        )
-    ]
+    rows = conn.execute(select(SLOTS.c.slot, SLOTS.c.active).order_by(SLOTS.c.slot)).all()
+    busy = sum(1 for r in rows if r.active)
+    free = [r.slot for r in rows if not r.active][: max(0, slots - busy)]
     if not free:
         return []
     at = now()
-    rows = conn.execute(_ready_query(session), {"now": at, "limit": len(free)}).all()
-    if not rows:
+    ready = conn.execute(_ready_query(session), {"now": at, "limit": len(free)}).all()
+    if not ready:
         return []
-    dispatches = [
-        Dispatch(
-            r.id, r.attempts + 1, job_id_for(r.id, r.attempts + 1), r.kind, r.payload, r.timeout
-        )
-        for r in rows
-    ]
+    dispatches = _new_attempts(session, ready, max_output)
     _mark_queued(session, dispatches, ["available"] * len(dispatches), at, "dispatched", None)
     conn.execute(
         update(SLOTS)
@@ -117,6 +111,26 @@ def claim_ready(*, session: Session, slots: int) -> list[Dispatch]:
         [{"b_slot": slot, "b_task": d.task_id} for slot, d in zip(free, dispatches, strict=False)],
     )
     return dispatches
+
+
+def _new_attempts(session: Session, rows: Sequence[Any], max_output: int) -> list[Dispatch]:
+    """One new attempt per row, each with a fresh fencing token in its job id."""
+    namespace = schema.namespace(session=session)
+    first = schema.take_tokens(session=session, count=len(rows))
+    return [
+        Dispatch(
+            task_id=r.id,
+            attempt=r.attempts + 1,
+            job_id=job_id_for(r.id, namespace, first + n),
+            kind=r.kind,
+            payload=r.payload,
+            timeout=r.timeout,
+            queue=r.queue,
+            namespace=namespace,
+            max_output=max_output,
+        )
+        for n, r in enumerate(rows)
+    ]
 
 
 def _mark_queued(
@@ -180,6 +194,7 @@ def in_flight(*, session: Session) -> list[Flight]:
             TASKS.c.started_at,
             TASKS.c.timeout,
             TASKS.c.worker,
+            TASKS.c.queue,
         ).where(TASKS.c.status.in_([s.value for s in IN_FLIGHT]))
     )
     return [
@@ -192,13 +207,17 @@ def in_flight(*, session: Session) -> list[Flight]:
             r.started_at,
             r.timeout,
             r.worker,
+            r.queue,
         )
         for r in rows
     ]
 
 
-def redispatch(*, session: Session, tasks: Sequence[Flight], reason: str) -> list[Dispatch]:
-    """A new attempt for in-flight tasks whose job was lost; the old attempt is fenced off."""
+def redispatch(
+    *, session: Session, tasks: Sequence[Flight], reason: str, max_output: int = 1024 * 1024
+) -> list[Dispatch]:
+    """A new attempt for in-flight tasks whose job was lost; the old attempt is fenced off
+    (its job id, and so its token, is no longer the task's)."""
     current = {
         r.id: r
         for chunk in _chunks([t.task_id for t in tasks])
@@ -210,24 +229,20 @@ def redispatch(*, session: Session, tasks: Sequence[Flight], reason: str) -> lis
                 TASKS.c.timeout,
                 TASKS.c.attempts,
                 TASKS.c.status,
+                TASKS.c.job_id,
+                TASKS.c.queue,
             ).where(TASKS.c.id.in_(chunk))
         )
     }
-    dispatches = []
-    sources = []
+    rows = []
     for t in tasks:
         row = current.get(t.task_id)
-        if row is None or row.attempts != t.attempt or TaskStatus(row.status) not in IN_FLIGHT:
+        if row is None or row.job_id != t.job_id or TaskStatus(row.status) not in IN_FLIGHT:
             continue  # resolved meanwhile
-        attempt = row.attempts + 1
-        dispatches.append(
-            Dispatch(
-                row.id, attempt, job_id_for(row.id, attempt), row.kind, row.payload, row.timeout
-            )
-        )
-        sources.append(row.status)
+        rows.append(row)
+    dispatches = _new_attempts(session, rows, max_output) if rows else []
     if dispatches:
-        _mark_queued(session, dispatches, sources, now(), reason, reason)
+        _mark_queued(session, dispatches, [r.status for r in rows], now(), reason, reason)
     return dispatches
 
 

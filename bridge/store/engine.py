@@ -9,13 +9,11 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
+from bridge.defaults import BUSY_TIMEOUT_MS
 from bridge.errors import BridgeError
-
-BUSY_TIMEOUT_MS = 30_000
-"""How long a writer waits for SQLite's lock before giving up: CLI commands run
-while the dispatcher is busy wait instead of failing with "database is locked"."""
+from bridge.store.schema import ensure_schema
 
 
 class StoreError(BridgeError):
@@ -56,7 +54,7 @@ def open_engine(url: str) -> Engine:
         except Exception as exc:  # missing driver, bad options
             raise StoreError(f"cannot use database {url!r}: {exc}") from None
     try:
-        SQLModel.metadata.create_all(engine)
+        ensure_schema(engine)
     except OperationalError as exc:
         raise StoreError(f"cannot open database {_where(url)}: {exc.orig}") from None
     return engine

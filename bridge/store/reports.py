@@ -19,7 +19,7 @@ from bridge.states import IN_FLIGHT, ReportKind, TaskStatus, decide_report
 from bridge.store.engine import StoreError, now, stamp
 from bridge.store.tables import TASKS, _chunks, _event, _record, _release_slots
 
-_GUARD = " WHERE id = :id AND status = :source AND attempts = :attempt"
+_GUARD = " WHERE id = :id AND status = :source AND job_id = :job"
 _STARTED = text(
     "UPDATE tasks SET status = 'working', worker = :worker, started_at = :started_at,"
     " updated_at = :at" + _GUARD
@@ -74,7 +74,7 @@ def apply_reports(
     slot_workers: list[dict[str, Any]] = []
     done: list[str] = []
     released: list[str] = []
-    for report in _with_folded_starts(reports):
+    for report, folded in _with_folded_starts(reports):
         current = state.get(report.task_id)
         if current is None:
             results.append(Applied(report, None, "unknown task"))
@@ -87,7 +87,11 @@ def apply_reports(
             kind=report.kind,
             failures=current["failures"],
             max_attempts=current["max_attempts"],
+            task_job=current["job_id"],
+            report_job=report.job_id,
         )
+        if decision.target is None and folded and report.job_id == current["job_id"]:
+            continue  # the start was already reported on its own: nothing to record
         if decision.target is None:
             detail = f"ignored: {decision.reason}"
             events.append(
@@ -106,7 +110,7 @@ def apply_reports(
         row: dict[str, Any] = {
             "id": report.task_id,
             "source": status.value,
-            "attempt": report.attempt,
+            "job": report.job_id,
             "at": at,
         }
         detail = decision.reason
@@ -170,21 +174,25 @@ def apply_reports(
     return results
 
 
-def _with_folded_starts(reports: Sequence[Report]) -> list[Report]:
-    """An outcome that carries ``started_at`` stands for its start too: apply both."""
-    expanded: list[Report] = []
+def _with_folded_starts(reports: Sequence[Report]) -> list[tuple[Report, bool]]:
+    """An outcome that carries ``started_at`` stands for its start too: apply both.
+
+    The folded start is marked, so that it is dropped without a trace when the start
+    was already reported on its own (the worker cannot know whether it was).
+    """
+    expanded: list[tuple[Report, bool]] = []
     for report in reports:
         if report.started_at and report.kind is not ReportKind.STARTED:
-            expanded.append(
-                Report(
-                    report.task_id,
-                    report.attempt,
-                    ReportKind.STARTED,
-                    report.worker,
-                    at=report.started_at,
-                )
+            start = Report(
+                report.task_id,
+                report.attempt,
+                ReportKind.STARTED,
+                report.job_id,
+                report.worker,
+                at=report.started_at,
             )
-        expanded.append(report)
+            expanded.append((start, True))
+        expanded.append((report, False))
     return expanded
 
 
@@ -201,6 +209,7 @@ def _current_state(session: Session, reports: Sequence[Report]) -> dict[str, dic
                 TASKS.c.attempts,
                 TASKS.c.failures,
                 TASKS.c.max_attempts,
+                TASKS.c.job_id,
             ).where(TASKS.c.id.in_(chunk))
         ):
             state[row.id] = dict(row._mapping)

@@ -47,6 +47,7 @@ def add_tasks(
     specs: Sequence[TaskSpec],
     skip_same: bool = False,
     max_payload: int = graph.DEFAULT_MAX_PAYLOAD,
+    queue: str = "bridge",
 ) -> AddResult:
     """Add a graph in one transaction: all of it, or (on any error) none of it.
 
@@ -103,6 +104,7 @@ def add_tasks(
                 "timeout": spec.timeout,
                 "pending_deps": pending,
                 "seq": next_seq + offset,
+                "queue": queue,
             }
         )
         edge_rows.extend({"task_id": spec.id, "depends_on": dep} for dep in spec.dependencies)

@@ -4,11 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
-from rq import SimpleWorker
-from rq.serializers import JSONSerializer
 
 from bridge import store
 from bridge.broker import Broker, connect
+from bridge.broker.working import BridgeSimpleWorker, publish
 from bridge.dispatcher import Dispatcher
 from bridge.graph import make_spec
 from bridge.redis_server import PrivateRedis
@@ -22,9 +21,10 @@ def setup(tmp_path: Path, redis_server: PrivateRedis):
     )
     engine = store.open_engine(settings.database_url)
     client = connect(settings.redis_url)
-    broker = Broker(client, settings.queue)
+    with store.reading(engine) as session:
+        broker = Broker(client, store.namespace(session=session))
     dispatcher = Dispatcher(settings, engine, broker)
-    worker = SimpleWorker([settings.queue], connection=client, serializer=JSONSerializer)
+    worker = BridgeSimpleWorker([settings.queue], connection=client)
     return settings, engine, broker, dispatcher, worker
 
 
@@ -33,7 +33,9 @@ def add(engine, *specs) -> None:
         store.add_tasks(session=session, specs=list(specs))
 
 
-def run_to_end(dispatcher: Dispatcher, worker: SimpleWorker, engine, rounds: int = 50) -> None:
+def run_to_end(
+    dispatcher: Dispatcher, worker: BridgeSimpleWorker, engine, rounds: int = 50
+) -> None:
     dispatcher.start()
     for _ in range(rounds):
         dispatcher.tick(block=False)
@@ -116,7 +118,7 @@ def test_slots_bound_the_jobs_in_redis(setup):
     dispatcher.tick(block=False)
     dispatcher.tick(block=False)
     # Then only 3 jobs are in Redis and 3 slots are active
-    assert broker.queue.count == 3
+    assert broker.queue(settings.queue).count == 3
     with store.reading(engine) as session:
         active = [s for s in store.list_slots(session=session) if s.active]
         queued = store.list_tasks(session=session, status=store.TaskStatus.QUEUED)
@@ -133,12 +135,13 @@ def test_stale_report_from_an_old_attempt_changes_nothing(setup):
     broker.client.flushall()
     # When reconciliation sends it again (attempt 2) and the old attempt reports late
     assert dispatcher.reconcile(grace=0.0) == 1
-    from bridge.broker import publish
     from bridge.messages import Report
     from bridge.states import ReportKind
 
     publish(
-        broker.client, settings.queue, Report("t", 1, ReportKind.SUCCEEDED, "ghost", output='"old"')
+        broker.client,
+        broker.namespace,
+        Report("t", 1, ReportKind.SUCCEEDED, "ghost", output='"old"'),
     )
     dispatcher.tick(block=False)
     # Then the late report is ignored and recorded as such

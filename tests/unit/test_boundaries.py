@@ -2,7 +2,8 @@
 
 - Only the store talks SQL: ``sqlalchemy``/``sqlmodel`` are imported only by
   the ``bridge/store/`` package and ``bridge/models.py``.
-- Only the broker talks RQ: ``rq`` is imported only by ``bridge/broker.py`` and ``bridge/workers/``.
+- Only the broker talks Redis and RQ: ``rq`` and ``redis`` are imported only under
+  ``bridge/broker/``.
 - Workers need only Redis: nothing under ``bridge/workers/`` imports the store, the models or
   SQL libraries, directly or through the project modules it imports.
 """
@@ -18,7 +19,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("bridge",)
 
 SQL_LIBRARIES = {"sqlalchemy", "sqlmodel"}
-RQ_OWNERS = {"bridge.broker"}
 
 
 def module_name(path: Path) -> str:
@@ -96,7 +96,8 @@ def test_the_scan_sees_the_modules_it_is_about():
         MODULES
     )
     assert "sqlalchemy" in {top(n) for n in imports_of("bridge.store")}
-    assert "rq" in {top(n) for n in imports_of("bridge.broker")}
+    assert "rq" in {top(n) for n in imports_of("bridge.broker.dispatching")}
+    assert "redis" in {top(n) for n in imports_of("bridge.broker.working")}
 
 
 def test_import_scan_finds_imports_inside_functions(tmp_path, monkeypatch):
@@ -117,12 +118,13 @@ def test_only_the_store_and_models_import_sql_libraries(module):
     assert offending == [], f"{MODULES[module].relative_to(ROOT)} imports {offending}"
 
 
-RQ_USERS = sorted(m for m in MODULES if m not in RQ_OWNERS and not m.startswith("bridge.workers"))
+BROKER_MODULES = {m for m in MODULES if m == "bridge.broker" or m.startswith("bridge.broker.")}
+REDIS_USERS = sorted(m for m in MODULES if m not in BROKER_MODULES)
 
 
-@pytest.mark.parametrize("module", RQ_USERS)
-def test_only_the_broker_and_workers_import_rq(module):
-    offending = sorted(n for n in imports_of(module) if top(n) == "rq")
+@pytest.mark.parametrize("module", REDIS_USERS)
+def test_only_the_broker_imports_rq_or_redis(module):
+    offending = sorted(n for n in imports_of(module) if top(n) in ("rq", "redis"))
     assert offending == [], f"{MODULES[module].relative_to(ROOT)} imports {offending}"
 
 

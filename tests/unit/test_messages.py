@@ -6,13 +6,12 @@ import re
 import pytest
 
 from bridge.messages import (
+    Dispatch,
+    MessageError,
     Report,
     ReportError,
-    cancel_key,
-    heartbeat_key,
     job_id_for,
     output_json,
-    reports_key,
     truncate,
 )
 from bridge.states import ReportKind
@@ -39,52 +38,75 @@ WEIRD_IDS = [
 
 
 @pytest.mark.parametrize("task_id", WEIRD_IDS)
-@pytest.mark.parametrize("attempt", [1, 2, 1000])
-def test_job_id_is_safe_for_rq(task_id, attempt):
-    job_id = job_id_for(task_id, attempt)
+@pytest.mark.parametrize("token", [1, 2, 10**12])
+def test_job_id_is_safe_for_rq_and_carries_namespace_and_token(task_id, token):
+    job_id = job_id_for(task_id, "0123456789ab", token)
     assert JOB_ID.match(job_id), job_id
-    assert job_id.endswith(f"-a{attempt}")
+    assert job_id.endswith(f"-0123456789ab-t{token}")
     assert len(job_id) < 100
 
 
-def test_job_id_differs_per_attempt():
-    ids = {job_id_for("task", attempt) for attempt in range(1, 50)}
-    assert len(ids) == 49
-
-
-def test_job_id_differs_per_task_even_when_the_readable_part_is_the_same():
-    # Given ids that all sanitize to the same readable prefix
-    similar = [
-        "a b",
-        "a-b",
-        "a_b",
-        "a/b",
-        "a\nb",
-        "a\u00a0b",
-        "a  b",
-        "x" * 40 + "1",
-        "x" * 40 + "2",
-    ]
-    # Then their job ids still differ
-    ids = {job_id_for(task_id, 1) for task_id in similar}
+def test_job_ids_differ_per_token_even_for_ids_with_the_same_readable_part():
+    # Given ids that all sanitize to the same readable prefix, each with its own token
+    similar = ["a b", "a-b", "a_b", "a/b", "a\nb", "x" * 40 + "1", "x" * 40 + "2"]
+    # Then their job ids differ, because the tokens do
+    ids = {job_id_for(task_id, "ns", n) for n, task_id in enumerate(similar)}
     assert len(ids) == len(similar)
 
 
-def test_job_id_differs_across_all_weird_ids_and_attempts():
-    ids = {job_id_for(t, a) for t in WEIRD_IDS for a in (1, 2, 11)}
-    assert len(ids) == len(WEIRD_IDS) * 3
+def test_the_same_task_and_token_in_two_databases_get_different_job_ids():
+    assert job_id_for("t", "aaaaaaaaaaaa", 1) != job_id_for("t", "bbbbbbbbbbbb", 1)
 
 
-def test_job_id_is_deterministic_and_readable():
-    assert job_id_for("resize images", 3) == job_id_for("resize images", 3)
-    assert job_id_for("resize images", 3).startswith("bridge-resize_images-")
+def test_job_id_is_readable():
+    assert job_id_for("resize images", "ns", 3).startswith("bridge-resize_images-")
 
 
-def test_redis_keys_name_the_queue():
-    assert reports_key("q1") == "bridge:q1:reports"
-    assert heartbeat_key("q1", "job") == "bridge:q1:alive:job"
-    assert cancel_key("q1", "job") == "bridge:q1:cancel:job"
-    assert len({reports_key("q"), heartbeat_key("q", "j"), cancel_key("q", "j")}) == 3
+# --------------------------------------------------------------------------- dispatch
+
+
+DISPATCH = Dispatch(
+    task_id="t ✓",
+    attempt=2,
+    job_id="bridge-t-ns-t5",
+    kind="echo",
+    payload='{"a": 1}',
+    timeout=1.5,
+    queue="q",
+    namespace="0123456789ab",
+    max_output=2048,
+)
+
+
+def test_dispatch_round_trips_through_json_like_the_job_kwargs_do():
+    assert Dispatch.decode(json.loads(json.dumps(DISPATCH.encode()))) == DISPATCH
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"v": 2},
+        {"v": None},
+        {"attempt": "2"},
+        {"attempt": True},
+        {"task_id": 5},
+        {"payload": {"a": 1}},
+        {"timeout": "10"},
+        {"namespace": "../../etc"},
+        {"namespace": ""},
+        {"extra": "field"},
+    ],
+)
+def test_a_job_that_is_not_exactly_a_dispatch_is_refused(change):
+    fields = {**DISPATCH.encode(), **change}
+    with pytest.raises(MessageError, match="not a bridge job"):
+        Dispatch.decode(fields)
+
+
+@pytest.mark.parametrize("garbage", [None, [], "text", {"v": 1}])
+def test_garbage_is_not_a_dispatch(garbage):
+    with pytest.raises(MessageError):
+        Dispatch.decode(garbage)
 
 
 # --------------------------------------------------------------------------- reports
@@ -94,6 +116,7 @@ FULL = Report(
     task_id="x'); DROP TABLE tasks;-- ✓\n",
     attempt=7,
     kind=ReportKind.FAILED,
+    job_id="bridge-x-ns-t7",
     worker="host.1234",
     output=None,
     error="ValueError: bad\nsecond line",
@@ -106,9 +129,9 @@ FULL = Report(
     "report",
     [
         FULL,
-        Report("t", 1, ReportKind.STARTED, worker="w"),
-        Report("t", 2, ReportKind.SUCCEEDED, output='{"a": [1, "é"]}'),
-        Report("t", 1, ReportKind.SUCCEEDED, output=""),
+        Report("t", 1, ReportKind.STARTED, "j1", worker="w"),
+        Report("t", 2, ReportKind.SUCCEEDED, "j2", output='{"a": [1, "é"]}'),
+        Report("t", 1, ReportKind.SUCCEEDED, "j1", output=""),
     ],
 )
 def test_report_round_trips_through_str_fields(report):
@@ -123,10 +146,11 @@ def test_report_round_trips_through_bytes_fields_as_redis_returns_them():
 
 
 def test_encode_omits_absent_fields():
-    assert Report("t", 1, ReportKind.STARTED).encode() == {
+    assert Report("t", 1, ReportKind.STARTED, "j").encode() == {
         "task_id": "t",
         "attempt": "1",
         "kind": "started",
+        "job_id": "j",
     }
 
 
@@ -136,6 +160,7 @@ def test_encode_omits_absent_fields():
         {},
         {"wake": "1"},
         {"task_id": "t", "kind": "started"},
+        {"task_id": "t", "attempt": "1", "kind": "started"},
         {"task_id": "t", "attempt": "1"},
         {"attempt": "1", "kind": "started"},
         {"task_id": "t", "attempt": "one", "kind": "started"},
@@ -156,7 +181,7 @@ def test_report_error_is_a_value_error():
 
 def test_invalid_utf8_in_a_text_field_is_replaced_not_fatal():
     report = Report.decode(
-        {b"task_id": b"t", b"attempt": b"1", b"kind": b"failed", b"error": b"\xff"}
+        {b"task_id": b"t", b"attempt": b"1", b"kind": b"failed", b"job_id": b"j", b"error": b"\xff"}
     )
     assert report.error == "\ufffd"
 
@@ -199,12 +224,16 @@ def test_output_json_of_a_small_value_is_its_json():
     assert output_json(None, 1024) == "null"
 
 
-def test_output_json_of_a_non_json_value_uses_repr():
-    class Thing:
-        def __repr__(self):
-            return "<thing>"
+@pytest.mark.parametrize("value", [{"t": object()}, {1, 2}, b"bytes", {"k": {3j}}])
+def test_output_json_of_a_non_json_value_is_a_type_error_not_a_repr(value):
+    with pytest.raises(TypeError, match="not JSON"):
+        output_json(value, 1024)
 
-    assert json.loads(output_json({"t": Thing()}, 1024)) == {"t": "<thing>"}
+
+@pytest.mark.parametrize("value", [float("nan"), [float("inf")], {"x": -float("inf")}])
+def test_output_json_refuses_nan_and_infinity(value):
+    with pytest.raises(ValueError, match="NaN or Infinity"):
+        output_json(value, 1024)
 
 
 def test_output_json_of_an_oversize_value_is_a_marked_json_string_under_the_limit():

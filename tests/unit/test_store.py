@@ -111,16 +111,27 @@ def snapshot(engine) -> tuple:
     )
 
 
+def namespace(engine) -> str:
+    with store.reading(engine) as session:
+        return store.namespace(session=session)
+
+
+def token(d) -> int:
+    return int(d.job_id.rsplit("-t", 1)[1])
+
+
 def started(d, worker="w1") -> Report:
-    return Report(d.task_id, d.attempt, ReportKind.STARTED, worker=worker)
+    return Report(d.task_id, d.attempt, ReportKind.STARTED, d.job_id, worker=worker)
 
 
 def succeeded(d, output='"ok"', worker="w1") -> Report:
-    return Report(d.task_id, d.attempt, ReportKind.SUCCEEDED, worker=worker, output=output)
+    return Report(
+        d.task_id, d.attempt, ReportKind.SUCCEEDED, d.job_id, worker=worker, output=output
+    )
 
 
 def failed(d, error="ValueError: boom", worker="w1") -> Report:
-    return Report(d.task_id, d.attempt, ReportKind.FAILED, worker=worker, error=error)
+    return Report(d.task_id, d.attempt, ReportKind.FAILED, d.job_id, worker=worker, error=error)
 
 
 def run_to_done(engine, task_id):
@@ -394,7 +405,9 @@ def test_claim_respects_the_number_of_free_slots(engine):
 def test_claim_marks_queued_with_a_new_attempt_and_occupies_a_slot(engine):
     add(engine, t("a", kind="echo", payload={"x": 1}, timeout=30))
     (d,) = claim(engine)
-    assert d == store.Dispatch("a", 1, job_id_for("a", 1), "echo", '{"x": 1}', 30)
+    assert (d.task_id, d.attempt, d.kind, d.payload, d.timeout) == ("a", 1, "echo", '{"x": 1}', 30)
+    assert (d.queue, d.namespace) == ("bridge", namespace(engine))
+    assert d.job_id == job_id_for("a", d.namespace, int(d.job_id.rsplit("-t", 1)[1]))
     r = row(engine, "a")
     assert (r["status"], r["attempts"], r["job_id"]) == ("queued", 1, d.job_id)
     assert r["queued_at"] is not None
@@ -501,7 +514,7 @@ def test_late_report_after_cancel_changes_nothing(engine, kind):
         cancelled = store.cancel_task(session=session, task_id="a")
     assert cancelled.job_id == d.job_id
     # When the worker still reports for the current attempt
-    late = Report("a", d.attempt, kind, worker="w", output='"x"', error="E: x")
+    late = Report("a", d.attempt, kind, d.job_id, worker="w", output='"x"', error="E: x")
     new = assert_only_an_ignored_event(engine, "a", lambda: apply(engine, late))
     # Then it is recorded as ignored and the task stays cancelled
     assert new[:2] == ("cancelled", "cancelled")
@@ -521,7 +534,7 @@ def test_stale_attempt_report_changes_nothing(engine, kind):
         )
     assert d2.attempt == 2
     # When the old attempt reports
-    old = Report("a", 1, kind, worker="w", output='"old"', error="E: old")
+    old = Report("a", 1, kind, d1.job_id, worker="w", output='"old"', error="E: old")
     new = assert_only_an_ignored_event(engine, "a", lambda: apply(engine, old))
     # Then nothing but an 'ignored' event is written
     assert new[:3] == ("queued", "queued", 1)
@@ -531,7 +544,7 @@ def test_stale_attempt_report_changes_nothing(engine, kind):
 def test_report_for_an_unknown_task_is_ignored_without_an_event(engine):
     add(engine, t("a"))
     before = snapshot(engine)
-    (result,) = apply(engine, Report("ghost", 1, ReportKind.SUCCEEDED))
+    (result,) = apply(engine, Report("ghost", 1, ReportKind.SUCCEEDED, "j"))
     assert result.target is None
     assert result.reason == "unknown task"
     assert snapshot(engine) == before
@@ -611,7 +624,9 @@ def test_second_failure_waits_longer(engine):
 def test_failure_traceback_is_kept_in_the_event(engine):
     add(engine, t("a"))
     (d,) = claim(engine)
-    report = Report("a", 1, ReportKind.FAILED, error="KeyError: 'x'", traceback="Traceback: ...")
+    report = Report(
+        "a", 1, ReportKind.FAILED, d.job_id, error="KeyError: 'x'", traceback="Traceback: ..."
+    )
     apply(engine, report)
     detail = events(engine, "a")[-1][3]
     assert "KeyError: 'x'" in detail and "Traceback: ..." in detail
@@ -764,7 +779,8 @@ def test_redispatch_bumps_the_attempt_and_fences_off_the_old_one(engine):
         ]
         (d2,) = store.redispatch(session=session, tasks=flights, reason="job lost")
     # Then a new attempt with a new job id is queued
-    assert (d2.task_id, d2.attempt, d2.job_id) == ("a", 2, job_id_for("a", 2))
+    assert (d2.task_id, d2.attempt) == ("a", 2)
+    assert token(d2) > token(d1)
     assert d2.job_id != d1.job_id
     r = row(engine, "a")
     assert (r["status"], r["attempts"], r["job_id"], r["worker"]) == ("queued", 2, d2.job_id, None)
@@ -1016,3 +1032,68 @@ def test_ready_query_uses_the_partial_index_with_statistics_too(big_history):
 
 def test_claim_ready_uses_the_partial_index(big_history):
     assert "ix_tasks_ready" in _ready_plan(big_history)
+
+
+# --------------------------------------------------------------------------- fencing tokens
+
+
+def test_tokens_are_unique_over_the_database_life_across_clean_and_re_added_ids(engine):
+    # Given a task dispatched, then everything cleaned and the same id added again
+    add(engine, t("a"))
+    (old,) = claim(engine)
+    with store.writing(engine) as session:
+        cleaned = store.clean(session=session)
+    assert cleaned.in_flight == [(old.job_id, "bridge")]
+    add(engine, t("a"))
+    (new,) = claim(engine)
+    # Then the new attempt is attempt 1 again, but its job id (its token) is new
+    assert (old.attempt, new.attempt) == (1, 1)
+    assert token(new) > token(old) and new.job_id != old.job_id
+    # And the old attempt's success cannot complete the new task
+    apply(engine, succeeded(old))
+    assert status(engine, "a") == "queued"
+    apply(engine, succeeded(new))
+    assert status(engine, "a") == "done"
+
+
+def test_every_database_has_its_own_namespace(tmp_path):
+    engines = [store.open_engine(f"sqlite:///{tmp_path / name}") for name in ("x.db", "y.db")]
+    assert namespace(engines[0]) != namespace(engines[1])
+    assert namespace(engines[0]) == namespace(store.open_engine(f"sqlite:///{tmp_path / 'x.db'}"))
+
+
+def test_lowering_slots_claims_nothing_until_in_flight_drops_below_the_new_limit(engine):
+    # Given four tasks in flight under four slots, and more waiting
+    add(engine, *(t(f"t{n}") for n in range(8)))
+    running = claim(engine, slots=4)
+    assert len(running) == 4
+    # When the limit is lowered to two
+    # Then nothing new is claimed while three or four are in flight
+    assert claim(engine, slots=2) == []
+    apply(engine, succeeded(running[0]))
+    assert claim(engine, slots=2) == []
+    apply(engine, succeeded(running[1]))
+    assert claim(engine, slots=2) == []
+    # And one is claimed once in flight is below two
+    apply(engine, succeeded(running[2]))
+    assert len(claim(engine, slots=2)) == 1
+    assert len(busy_slots(engine)) == 2
+
+
+def test_a_fresh_database_raced_by_several_processes_is_created_once(tmp_path):
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    code = (
+        "import sys; from bridge import store\n"
+        "e = store.open_engine(sys.argv[1])\n"
+        "with store.reading(e) as s: print(store.namespace(session=s))\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    outputs = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6
+    assert len(set(outputs)) == 1 and outputs[0]

@@ -1,0 +1,330 @@
+"""The dispatcher's side of Redis: jobs out, job states, fencing marks, reports in.
+
+Redis is transport only. Jobs go out through RQ queues (JSON-serialized);
+reports come back on a Redis stream read through a consumer group, so a report
+stays pending until the dispatcher acknowledges it after its commit. Every
+method raises ``BrokerUnavailable`` (never a redis-py error) when Redis fails.
+"""
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.exceptions import RedisError, ResponseError
+from rq import Queue
+from rq.command import send_stop_job_command
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from bridge.broker.client import BrokerError, first_line, translated
+from bridge.broker.keys import Keys, queue_owner
+from bridge.defaults import FAILURE_TTL, FENCE_TTL, RESULT_TTL
+from bridge.messages import JOB_FUNCTION, Dispatch, Report, ReportError
+from bridge.recovery import JobState, parse_time
+
+log = logging.getLogger(__name__)
+
+GROUP = "dispatchers"
+"""The consumer group of the report stream."""
+NO_TIMEOUT = -1
+"""RQ's "never time out": a task without ``timeout`` runs as long as it needs."""
+OWNER_TTL = 30
+"""Seconds a dispatcher's claim on a queue lasts unless renewed."""
+
+_SUPERSEDE = """
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])
+if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
+if ARGV[3] == '1' then
+  redis.call('LREM', KEYS[4], 0, ARGV[1])
+  redis.call('LREM', KEYS[5], 0, ARGV[1])
+  redis.call('DEL', KEYS[3])
+end
+return 0
+"""
+"""Fence one attempt off; then, unless a worker is running it right now (its heartbeat
+is alive: returns 1), withdraw it: out of the queue, out of a worker's hands, job
+record deleted. The mark comes first, so a worker taking the job at this moment
+finds it and drops the job instead of starting it."""
+
+_CLAIM_QUEUE = """
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return owner end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
+
+
+@dataclass(frozen=True)
+class Incoming:
+    message_id: bytes
+    report: Report | None
+    """None for a wake-up nudge or an undecodable message (acknowledged and dropped)."""
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    job_id: str
+    queue: str
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    stopped: bool
+    """True when the job will not run to its end (removed, or its worker stops it)."""
+    message: str
+
+
+class Broker:
+    """One database's view of Redis: its namespace, its queues, its report stream."""
+
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.keys = Keys(namespace)
+        self._queues: dict[str, Queue] = {}
+        self._pending_first = True
+        self._supersede = client.register_script(_SUPERSEDE)
+        self._claim_queue = client.register_script(_CLAIM_QUEUE)
+
+    def queue(self, name: str) -> Queue:
+        if name not in self._queues:
+            self._queues[name] = Queue(name, connection=self.client, serializer=JSONSerializer)
+        return self._queues[name]
+
+    # ------------------------------------------------------------------ queues
+
+    @translated
+    def claim_queues(self, names: Iterable[str]) -> None:
+        """Serve these RQ queues for this database, or refuse: one database per queue.
+
+        Namespacing already keeps two databases apart; refusing a shared queue keeps
+        one database's backlog from starving another's and makes the mistake visible.
+        """
+        for name in names:
+            owner = self._claim_queue(keys=[queue_owner(name)], args=[self.namespace, OWNER_TTL])
+            if owner:
+                raise BrokerError(
+                    f"queue {name!r} is already served by the dispatcher of another database"
+                    f" (namespace {owner.decode() if isinstance(owner, bytes) else owner});"
+                    " give this database its own queue (--queue / BRIDGE_QUEUE)"
+                )
+
+    @translated
+    def release_queues(self, names: Iterable[str]) -> None:
+        for name in names:
+            key = queue_owner(name)
+            if self.client.get(key) == self.namespace.encode():
+                self.client.delete(key)
+
+    # ------------------------------------------------------------------ jobs out
+
+    def enqueue(self, jobs: Sequence[Dispatch]) -> None:
+        """Enqueue jobs in one round trip. Only called after their ``queued`` commit."""
+        self.settle((), jobs)
+
+    @translated
+    def settle(self, acknowledged: Sequence[bytes], jobs: Sequence[Dispatch]) -> None:
+        """After a tick's commit: acknowledge its reports and enqueue its jobs, together,
+        in one round trip (MULTI/EXEC)."""
+        if not acknowledged and not jobs:
+            return
+        with self.client.pipeline() as pipe:
+            if acknowledged:
+                pipe.xack(self.keys.reports, GROUP, *acknowledged)
+                pipe.xdel(self.keys.reports, *acknowledged)
+            by_queue: dict[str, list[Dispatch]] = {}
+            for job in jobs:
+                by_queue.setdefault(job.queue, []).append(job)
+            for name, group in by_queue.items():
+                self.queue(name).enqueue_many([_job_data(job) for job in group], pipeline=pipe)
+            pipe.execute()
+
+    @translated
+    def job_states(self, jobs: Sequence[tuple[str, str]]) -> dict[str, JobState]:
+        """What Redis knows of each ``(job id, queue)``, in one round trip
+        (``recovery.judge`` decides what it means)."""
+        if not jobs:
+            return {}
+        # MULTI/EXEC: a worker picking the job up between two reads must not make it
+        # look like a queued job that is in neither list.
+        with self.client.pipeline(transaction=True) as pipe:
+            for job_id, queue in jobs:
+                rq_queue = self.queue(queue)
+                pipe.hmget(Job.key_for(job_id), "status", "started_at", "ended_at")
+                pipe.lpos(rq_queue.key, job_id)
+                pipe.lpos(rq_queue.intermediate_queue_key, job_id)
+                pipe.exists(self.keys.alive(job_id))
+            answers = pipe.execute()
+        states = {}
+        for index, (job_id, _queue) in enumerate(jobs):
+            (status, started, ended), in_queue, picked, alive = answers[index * 4 : index * 4 + 4]
+            states[job_id] = JobState(
+                exists=status is not None,
+                status=status.decode() if status else None,
+                started_at=parse_time(started.decode()) if started else None,
+                ended_at=parse_time(ended.decode()) if ended else None,
+                waiting=in_queue is not None,
+                picked=picked is not None,
+                heartbeat=bool(alive),
+            )
+        return states
+
+    @translated
+    def supersede(self, jobs: Sequence[Withdrawal], *, withdraw: bool = True) -> set[str]:
+        """Fence attempts off before their successors are sent (or their failure recorded).
+
+        Each gets its mark first; then, with ``withdraw``, a job no worker is running
+        is taken out of its queue and its record deleted. Returns the job ids that a
+        worker is running right now (heartbeat alive): those are not superseded, the
+        caller leaves them be (their worker will report).
+        """
+        if not jobs:
+            return set()
+        with self.client.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                rq_queue = self.queue(job.queue)
+                self._supersede(
+                    keys=[
+                        self.keys.fence(job.job_id),
+                        self.keys.alive(job.job_id),
+                        Job.key_for(job.job_id),
+                        rq_queue.key,
+                        rq_queue.intermediate_queue_key,
+                    ],
+                    args=[job.job_id, FENCE_TTL, "1" if withdraw else "0"],
+                    client=pipe,
+                )
+            answers = pipe.execute()
+        return {job.job_id for job, alive in zip(jobs, answers, strict=True) if alive}
+
+    @translated
+    def run_id(self) -> str:
+        """Redis's run id: a new one means Redis restarted and may have lost everything."""
+        return str(self.client.info("server").get("run_id", ""))
+
+    @translated
+    def cancel(self, job_id: str, queue: str) -> CancelOutcome:
+        """Stop an attempt the database has just cancelled, as far as Redis allows.
+
+        Decided from what Redis says now, not from the database's last view: a job
+        still waiting is withdrawn; a running one on a forking worker is stopped (its
+        worker kills the work horse at once, or at its next heartbeat); on a simple
+        worker nothing can stop it, so it runs to its end and its result is ignored.
+        """
+        running = self.supersede([Withdrawal(job_id, queue)])
+        if job_id not in running:
+            return CancelOutcome(True, "its job was removed from the queue before it started")
+        holder = self.client.get(self.keys.alive(job_id))
+        mode, _, worker = (holder or b"").decode("utf-8", "replace").partition(":")
+        if mode == "simple":
+            return CancelOutcome(
+                False,
+                f"its job is running on simple worker {worker or '?'}, which cannot stop it:"
+                " it runs to its end and its result will be ignored",
+            )
+        try:
+            send_stop_job_command(self.client, job_id, serializer=JSONSerializer)
+        except Exception as exc:  # the worker will see the mark at its next heartbeat
+            log.debug("stop command for %s not delivered: %s", job_id, first_line(exc))
+        return CancelOutcome(True, f"its worker {worker or '?'} is stopping the running job")
+
+    @translated
+    def queued_jobs(self, queue: str) -> int:
+        return int(self.client.llen(self.queue(queue).key))
+
+    # ------------------------------------------------------------------ reports in
+
+    @translated
+    def ensure_group(self) -> None:
+        try:
+            self.client.xgroup_create(self.keys.reports, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    @translated
+    def read_reports(self, consumer: str, *, block_ms: int, count: int = 1000) -> list[Incoming]:
+        """Reports not yet acknowledged, then new ones (blocking up to ``block_ms``).
+
+        After a restart the first read returns what a crashed dispatcher read but
+        never acknowledged; fencing makes applying it twice harmless.
+        """
+        try:
+            return self._read(consumer, block_ms=block_ms, count=count)
+        except ResponseError as exc:
+            # NOGROUP: Redis lost the stream (flushed, restarted). UNBLOCKED: it was
+            # flushed while we waited on it. Either way: recreate it, read from the start.
+            if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
+                raise
+            self.ensure_group()
+            self._pending_first = True
+            return self._read(consumer, block_ms=block_ms, count=count)
+
+    def _read(self, consumer: str, *, block_ms: int, count: int) -> list[Incoming]:
+        stream = self.keys.reports
+        if self._pending_first:
+            entries = self.client.xreadgroup(GROUP, consumer, {stream: "0"}, count=count)
+            messages = entries[0][1] if entries else []
+            if len(messages) < count:
+                self._pending_first = False
+            if messages:
+                return [self._decode(mid, fields) for mid, fields in messages]
+        entries = self.client.xreadgroup(
+            GROUP, consumer, {stream: ">"}, count=count, block=block_ms
+        )
+        messages = entries[0][1] if entries else []
+        return [self._decode(mid, fields) for mid, fields in messages]
+
+    def _decode(self, message_id: bytes, fields: dict) -> Incoming:
+        if not fields or b"nudge" in fields:
+            return Incoming(message_id, None)
+        try:
+            return Incoming(message_id, Report.decode(fields))
+        except ReportError as exc:
+            log.warning("dropping malformed report %s: %s", message_id, exc)
+            return Incoming(message_id, None)
+
+    def reread_pending(self) -> None:
+        """Read the unacknowledged reports again first: a commit that failed left them
+        pending, and ``>`` would never return them."""
+        self._pending_first = True
+
+    def ack(self, message_ids: Sequence[bytes]) -> None:
+        """Acknowledge and delete applied reports, so the stream stays short."""
+        self.settle(message_ids, ())
+
+    @translated
+    def nudge(self) -> None:
+        """Wake a dispatcher blocked on the stream (new tasks were added)."""
+        self.client.xadd(self.keys.reports, {"nudge": "1"})
+
+
+def _job_data(job: Dispatch) -> Any:
+    return Queue.prepare_data(
+        JOB_FUNCTION,
+        kwargs=job.encode(),
+        job_id=job.job_id,
+        timeout=_rq_timeout(job.timeout),
+        result_ttl=RESULT_TTL,
+        failure_ttl=FAILURE_TTL,
+        description=f"bridge task {job.task_id!r} attempt {job.attempt}",
+    )
+
+
+def _rq_timeout(timeout: float | None) -> int:
+    """RQ counts whole seconds: a fractional timeout is rounded up."""
+    if not timeout:
+        return NO_TIMEOUT
+    return max(1, int(-(-timeout // 1)))
+
+
+def nudge_quietly(url: str, namespace: str) -> None:
+    """Best-effort wake-up of a dispatcher (after ``bridge add``); never fails, never waits long."""
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.3, socket_timeout=0.3)
+        client.xadd(Keys(namespace).reports, {"nudge": "1"})
+        client.close()
+    except (RedisError, ValueError, OSError):
+        pass

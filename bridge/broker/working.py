@@ -1,0 +1,355 @@
+"""The worker's side of Redis: bridge's own RQ job and worker classes.
+
+A bridge worker runs one function, ``messages.JOB_FUNCTION``, and nothing else.
+Any other job on its queues (a function named by whoever can write to Redis, a
+job with callbacks or webhooks, one whose data is not bridge's JSON) is refused
+before a line of it runs: logged, and marked failed in RQ's registries so it
+shows in ``rq info`` and dashboards.
+
+The process that takes a job (the forking worker's parent, which the handler
+cannot starve) also keeps the job's heartbeat and sends its ``started`` report.
+Before it starts a job it checks, atomically with the first heartbeat, that the
+attempt has not been superseded; at every heartbeat it checks again, and stops
+the work horse of an attempt that was superseded or cancelled meanwhile. A
+``SimpleWorker`` runs the handler in the same process: a handler that holds the
+GIL longer than ``HEARTBEAT_TTL`` starves its heartbeats there, and it cannot be
+stopped; use the forking worker (the default) where that matters.
+"""
+
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import redis
+from rq import SimpleWorker, Worker
+from rq.job import Job, JobStatus
+from rq.queue import Queue
+from rq.registry import FailedJobRegistry
+from rq.serializers import JSONSerializer
+from rq.utils import import_attribute
+
+from bridge.broker.client import first_line
+from bridge.broker.keys import Keys
+from bridge.defaults import (
+    FAILURE_TTL,
+    HEARTBEAT_EVERY,
+    HEARTBEAT_TTL,
+    START_REPORT_DELAY,
+    WORKER_RESTART_AFTER,
+)
+from bridge.messages import JOB_FUNCTION, Dispatch, MessageError, Report
+from bridge.states import ReportKind
+
+log = logging.getLogger("bridge.worker")
+
+_ADMIT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+"""Start an attempt only if it is not fenced off; the first heartbeat goes with the
+check, so the dispatcher sees either the mark or a live heartbeat, never neither."""
+
+
+class RefusedJob(RuntimeError):
+    """A job that is not bridge's: it is never run."""
+
+
+def refusal(job: Job) -> str | None:
+    """Why ``job`` must not run, or None when it is one of bridge's own jobs."""
+    try:
+        func_name, instance, args, kwargs = job.func_name, job.instance, job.args, job.kwargs
+    except Exception as exc:  # pickle, garbage: not JSON bridge wrote
+        return f"its data cannot be read as a bridge job ({first_line(exc)})"
+    if func_name != JOB_FUNCTION:
+        return f"it names {func_name!r}, not bridge's entry point"
+    if instance is not None or args:
+        return "it has an instance or positional arguments"
+    names = (
+        job._success_callback_name,
+        job._failure_callback_name,
+        job._stopped_callback_name,
+    )
+    if any(names):
+        return "it has callbacks"
+    if getattr(job, "webhooks", None):
+        return "it has webhooks"
+    if job.dependency_ids:
+        return "it has RQ dependencies"
+    try:
+        dispatch = Dispatch.decode(kwargs)
+    except MessageError as exc:
+        return str(exc)
+    if dispatch.job_id != job.id or dispatch.queue != job.origin:
+        return "its fields do not match its job id or queue"
+    return None
+
+
+class BridgeJob(Job):
+    """An RQ job that can only ever call bridge's entry point.
+
+    The worker refuses any other job before it runs; these overrides make sure no
+    other path (RQ's callbacks, webhooks, an import named by the job) runs code
+    either, should RQ reach for it anyway.
+    """
+
+    @property
+    def func(self) -> Any:
+        if self.func_name != JOB_FUNCTION or self.instance is not None:
+            raise RefusedJob(f"refusing to run {self.func_name!r}: not bridge's entry point")
+        return import_attribute(JOB_FUNCTION)
+
+    @property
+    def success_callback(self) -> None:
+        return None
+
+    @property
+    def failure_callback(self) -> None:
+        return None
+
+    @property
+    def stopped_callback(self) -> None:
+        return None
+
+    def send_webhooks(self, status: Any, *, exc_string: str | None = None) -> None:
+        return None
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+class Watch:
+    """Heartbeats and the delayed start report of one running job, from a thread of the
+    process that took the job (not the process that runs the handler, when forking)."""
+
+    _BEAT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+    def __init__(
+        self, client: redis.Redis, dispatch: Dispatch, holder: str, started: Report, stop_job: Any
+    ) -> None:
+        self.client = client
+        self.dispatch = dispatch
+        self.keys = Keys(dispatch.namespace)
+        self.holder = holder
+        self.started = started
+        self.stop_job = stop_job
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bridge-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        if not self._done.wait(START_REPORT_DELAY):
+            try:
+                publish(self.client, self.dispatch.namespace, self.started)
+            except Exception as exc:  # the outcome carries the start as well
+                log.debug("start report for %s not sent: %s", self.dispatch.job_id, exc)
+        fenced = False
+        while not self._done.wait(HEARTBEAT_EVERY):
+            try:
+                alive = self.client.eval(
+                    self._BEAT,
+                    2,
+                    self.keys.fence(self.dispatch.job_id),
+                    self.keys.alive(self.dispatch.job_id),
+                    self.holder,
+                    HEARTBEAT_TTL,
+                )
+            except Exception as exc:  # Redis gone for a moment: the outcome report will tell
+                log.debug("heartbeat for %s failed: %s", self.dispatch.job_id, exc)
+                continue
+            if not alive and not fenced:
+                fenced = True
+                self.stop_job()
+
+
+class _BridgeWorkerMixin:
+    """What bridge adds to RQ's workers: refusal, fencing, heartbeats from here."""
+
+    mode = "fork"
+
+    # Attributes RQ's worker provides.
+    connection: redis.Redis
+    name: str
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("serializer", JSONSerializer)
+        kwargs["job_class"] = BridgeJob
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self._admit = self.connection.register_script(_ADMIT)
+        self._watch: Watch | None = None
+
+    def dequeue_job_and_maintain_ttl(self, *args: Any, **kwargs: Any) -> Any:
+        """RQ's dequeue, but a job that cannot even be loaded is refused, not fatal."""
+        while True:
+            try:
+                return super().dequeue_job_and_maintain_ttl(*args, **kwargs)  # type: ignore[misc]
+            except Exception as exc:
+                job_id = getattr(exc, "job_id", None)
+                queue = getattr(exc, "queue", None)
+                if job_id is None or queue is None:
+                    raise
+                self._refuse_id(job_id, queue, f"it cannot be loaded ({first_line(exc)})")
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        reason = refusal(job)
+        if reason is not None:
+            self._refuse_id(job.id, queue, reason, job=job)
+            return
+        dispatch = Dispatch.decode(job.kwargs)
+        keys = Keys(dispatch.namespace)
+        holder = f"{self.mode}:{self.name}"
+        if not self._admit(
+            keys=[keys.fence(job.id), keys.alive(job.id)], args=[holder, HEARTBEAT_TTL]
+        ):
+            log.info("skipping job %s: its attempt was superseded or cancelled", job.id)
+            with self.connection.pipeline() as pipe:
+                pipe.lrem(queue.intermediate_queue_key, 0, job.id)
+                pipe.delete(job.key)
+                pipe.execute()
+            return
+        started = Report(
+            dispatch.task_id,
+            dispatch.attempt,
+            ReportKind.STARTED,
+            dispatch.job_id,
+            self.name,
+            at=utc_now(),
+        )
+        self._watch = Watch(self.connection, dispatch, holder, started, lambda: self._stop(job))
+        try:
+            if self.mode == "simple":
+                self._watch.start()
+            super().execute_job(job, queue)  # type: ignore[misc]
+        finally:
+            self._watch.stop()
+            self._watch = None
+
+    def _stop(self, job: Job) -> None:
+        log.warning("job %s was superseded or cancelled while running", job.id)
+
+    def _refuse_id(self, job_id: str, queue: Queue, reason: str, job: Job | None = None) -> None:
+        """Log, mark failed in RQ's failed registry, and take it out of the worker's hands;
+        nothing of the job runs (no callback, no webhook, no import)."""
+        log.warning("refused job %s on queue %r: %s", job_id, queue.name, reason)
+        registry = FailedJobRegistry(queue.name, connection=self.connection)
+        key = Job.key_for(job_id)
+        with self.connection.pipeline() as pipe:
+            pipe.lrem(queue.intermediate_queue_key, 0, job_id)
+            pipe.hset(
+                key,
+                mapping={
+                    "status": JobStatus.FAILED.value,
+                    "exc_info": f"refused by bridge: {reason}",
+                    "ended_at": utc_now().replace(" ", "T") + "Z",
+                },
+            )
+            pipe.expire(key, FAILURE_TTL)
+            pipe.zadd(registry.key, {job_id: time.time() + FAILURE_TTL})
+            pipe.execute()
+
+
+class BridgeWorker(_BridgeWorkerMixin, Worker):
+    """RQ's forking worker: each job in its own work horse, watched from this process."""
+
+    mode = "fork"
+
+    def fork_work_horse(self, job: Job, queue: Queue) -> None:
+        super().fork_work_horse(job, queue)
+        # Only the parent returns here: the child runs the job and exits inside.
+        if self._watch is not None:
+            self._watch.start()
+
+    def _stop(self, job: Job) -> None:
+        super()._stop(job)
+        self._stopped_job_id = job.id
+        self.kill_horse()
+
+
+class BridgeSimpleWorker(_BridgeWorkerMixin, SimpleWorker):
+    """RQ's in-process worker: faster, but a running job can neither be stopped nor
+    keep its heartbeat while its handler holds the GIL."""
+
+    mode = "simple"
+
+    def _stop(self, job: Job) -> None:
+        log.warning(
+            "job %s was superseded or cancelled while running; a simple worker cannot stop"
+            " it: it runs to its end and its result is ignored",
+            job.id,
+        )
+
+
+WORKER_CLASSES: dict[str, type[BridgeWorker] | type[BridgeSimpleWorker]] = {
+    "fork": BridgeWorker,
+    "simple": BridgeSimpleWorker,
+}
+
+
+def serve_jobs(
+    client: redis.Redis,
+    queues: list[str],
+    *,
+    mode: str,
+    name: str | None = None,
+    burst: bool = False,
+    logging_level: str = "INFO",
+    max_jobs: int | None = None,
+) -> bool:
+    """Run a bridge worker until stopped (SIGTERM/SIGINT: warm shutdown, the current job
+    finishes). Returns whether any job ran.
+
+    When Redis goes away for longer than the client's retries, start over, as RQ's
+    own loop would for a dequeue; the dispatcher re-sends what was lost.
+    """
+    worker_class = WORKER_CLASSES[mode]
+    while True:
+        worker = worker_class(queues, connection=client, name=name)
+        try:
+            return worker.work(burst=burst, logging_level=logging_level, max_jobs=max_jobs)
+        except redis.RedisError as exc:
+            log.warning(
+                "lost Redis (%s); starting the worker again in %.0fs",
+                first_line(exc),
+                WORKER_RESTART_AFTER,
+            )
+            time.sleep(WORKER_RESTART_AFTER)
+            try:
+                worker.register_death()  # free the name for the new registration
+            except redis.RedisError:
+                pass
+
+
+# ---------------------------------------------------------------------- in the job
+
+
+def current_job() -> tuple[redis.Redis, Dispatch, str]:
+    """Inside a job: the Redis client, the attempt and the worker's name."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("bridge's entry point must run inside a bridge worker")
+    dispatch = Dispatch.decode(job.kwargs)
+    worker = job.worker_name or f"{socket.gethostname()}.{os.getpid()}"
+    return job.connection, dispatch, worker
+
+
+def publish(client: redis.Redis, namespace: str, report: Report) -> None:
+    """Append a worker's report to its database's stream."""
+    client.xadd(Keys(namespace).reports, report.encode())

@@ -1,0 +1,178 @@
+"""The dispatcher's loop against a real SQLite file and the in-memory broker."""
+
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from memory_broker import MemoryBroker
+from sqlalchemy import text
+
+from bridge import dispatcher as dispatcher_module
+from bridge import store
+from bridge.dispatcher import Dispatcher
+from bridge.graph import make_spec
+from bridge.settings import Settings
+
+
+@pytest.fixture
+def setup(tmp_path: Path):
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'd.db'}", slots=2)
+    engine = store.open_engine(settings.database_url)
+    with store.reading(engine) as session:
+        broker = MemoryBroker(namespace=store.namespace(session=session))
+    yield settings, engine, broker, Dispatcher(settings, engine, broker)
+    engine.dispose()
+
+
+def add(engine, *specs) -> None:
+    with store.writing(engine) as session:
+        store.add_tasks(session=session, specs=list(specs))
+
+
+def task(engine, task_id: str):
+    with store.reading(engine) as session:
+        return store.require_task(session=session, task_id=task_id)
+
+
+def details(engine, task_id: str) -> list[str]:
+    with store.reading(engine) as session:
+        return [e.detail or "" for e in store.list_events(session=session, task_id=task_id)]
+
+
+def test_a_tick_claims_ready_tasks_into_free_slots_and_enqueues_them(setup):
+    settings, engine, broker, d = setup
+    add(engine, *(make_spec(task_id=f"t{n}") for n in range(3)))
+    d.start()
+    stats = d.tick(block=False)
+    assert stats.dispatched == 2  # two slots
+    assert len(broker.queues["bridge"]) == 2
+    assert {task(engine, f"t{n}").status for n in range(2)} == {"queued"}
+
+
+def test_a_finished_job_whose_report_is_still_in_redis_is_never_judged_lost(setup):
+    # Given a job that ran and finished while the dispatcher was not looking (paused)
+    settings, engine, broker, d = setup
+    add(engine, make_spec(task_id="a"))
+    d.start()
+    d.tick(block=False)
+    job = broker.take()
+    broker.finish(job)
+    # When the dispatcher judges what is in flight, before it ticked again
+    recovered = d.reconcile(grace=0.0)
+    # Then the pending reports were applied first: the task is done, nothing was recovered
+    assert recovered == 0
+    assert task(engine, "a").status == "done"
+    assert not any("WorkerLost" in x for x in details(engine, "a"))
+
+
+def test_a_finished_job_without_a_report_is_left_alone_until_the_report_grace(setup, monkeypatch):
+    settings, engine, broker, d = setup
+    add(engine, make_spec(task_id="a"))
+    d.start()
+    d.tick(block=False)
+    job = broker.take()
+    d.tick(block=False)  # the start report
+    broker.finish(job, report=False)
+    assert d.reconcile(grace=0.0) == 0
+    assert task(engine, "a").status == "working"
+    # Past the grace, the report is presumed lost and the task is sent again, not failed
+    monkeypatch.setattr(dispatcher_module, "REPORT_GRACE", -1.0)
+    assert d.reconcile(grace=0.0) == 1
+    assert (task(engine, "a").status, task(engine, "a").attempts) == ("queued", 2)
+
+
+def test_a_lost_job_is_fenced_off_before_its_successor_is_enqueued(setup):
+    settings, engine, broker, d = setup
+    add(engine, make_spec(task_id="a"))
+    d.start()
+    d.tick(block=False)
+    old = task(engine, "a").job_id
+    broker.jobs.clear()
+    broker.queues["bridge"].clear()  # Redis lost it
+    assert d.reconcile(grace=0.0) == 1
+    new = task(engine, "a").job_id
+    assert new != old
+    assert broker.calls.index(f"supersede {old}") < broker.calls.index(f"enqueue {new}")
+
+
+def test_an_attempt_whose_worker_is_alive_again_is_not_replaced(setup):
+    # Given a job picked and started, whose job record says queued (as when a worker
+    # that took it was paused) but whose heartbeat comes back before the fence is set
+    settings, engine, broker, d = setup
+    add(engine, make_spec(task_id="a"))
+    d.start()
+    d.tick(block=False)
+    job_id = task(engine, "a").job_id
+    broker.queues["bridge"].clear()  # "left the queue without running" ...
+    real_supersede = broker.supersede
+
+    def supersede_while_it_starts(jobs, *, withdraw=True):
+        broker.alive.add(job_id)  # ... but the worker starts it right now
+        return real_supersede(jobs, withdraw=withdraw)
+
+    broker.supersede = supersede_while_it_starts
+    assert d.reconcile(grace=0.0) == 0
+    assert (task(engine, "a").status, task(engine, "a").job_id) == ("queued", job_id)
+
+
+def test_a_backoff_that_ends_while_every_slot_is_busy_claims_once_not_every_tick(
+    setup, monkeypatch
+):
+    # Given both slots busy and a failed task whose retry backoff has just ended
+    settings, engine, broker, d = setup
+    add(engine, *(make_spec(task_id=f"busy{n}") for n in range(2)))
+    add(engine, make_spec(task_id="retry", max_attempts=3))
+    d.start()
+    d.tick(block=False)
+    past = (datetime.now(timezone.utc) - timedelta(seconds=1)).strftime("%Y-%m-%d %H:%M:%S.%f")
+    with store.writing(engine) as session:
+        session.execute(
+            text("UPDATE tasks SET failures = 1, not_before = :t WHERE id = 'retry'"), {"t": past}
+        )
+    claims = []
+    real = store.claim_ready
+
+    def counting(**kwargs):
+        claims.append(1)
+        return real(**kwargs)
+
+    monkeypatch.setattr(store, "claim_ready", counting)
+    d._wakeup_stale = True
+    # When the dispatcher ticks many times with nothing else happening
+    for _ in range(50):
+        d.tick(block=False)
+    # Then it claimed once for the ended backoff, not on every tick
+    assert len(claims) <= 2, len(claims)
+
+
+def test_a_database_error_is_retried_and_no_report_is_lost(setup, monkeypatch):
+    # Given a dispatcher running, and a database that fails one commit
+    settings, engine, broker, d = setup
+    add(engine, make_spec(task_id="a"))
+    monkeypatch.setattr(dispatcher_module, "DATABASE_RETRY", 0.05)
+    real = store.apply_reports
+    failures = []
+
+    def flaky(**kwargs):
+        if not failures:
+            failures.append(1)
+            raise store.StoreError("database error: database is locked")
+        return real(**kwargs)
+
+    runner = threading.Thread(target=d.run)
+    runner.start()
+    try:
+        deadline = datetime.now() + timedelta(seconds=10)
+        while not broker.queues.get("bridge") and datetime.now() < deadline:
+            threading.Event().wait(0.02)
+        monkeypatch.setattr(store, "apply_reports", flaky)
+        broker.finish(broker.take())
+        while task(engine, "a").status != "done" and datetime.now() < deadline:
+            threading.Event().wait(0.05)
+        # Then the dispatcher is still running and the report applied after the error
+        assert failures and runner.is_alive()
+        assert task(engine, "a").status == "done"
+    finally:
+        d.stop_event.set()
+        runner.join(timeout=10)
