@@ -8,10 +8,12 @@ from /proc, the database with SQLite, the private Redis through its socket.
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -143,17 +145,21 @@ def _kind(cmdline: str) -> str:
 
 
 @pytest.fixture
-def run_env(tmp_path: Path, db_url: str) -> dict[str, str]:
-    """No Redis URL: runs here start their own (``--private-redis``), never the shared one."""
-    temp = tmp_path / "t"
-    temp.mkdir()
-    return {
+def run_env(db_url: str):
+    """No Redis URL: runs here start their own (``--private-redis``), never the shared one.
+
+    TMPDIR is short, so the private Redis's socket path fits in ``sun_path`` there
+    and the tests can see every folder a run leaves.
+    """
+    temp = Path(tempfile.mkdtemp(prefix="bt-"))
+    yield {
         **os.environ,
         "BRIDGE_DATABASE_URL": db_url,
         "BRIDGE_HANDLERS": "test_handlers",
         "PYTHONPATH": str(TESTS),
         "TMPDIR": str(temp),
     }
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture
@@ -194,6 +200,7 @@ def test_private_redis_takes_no_client_without_its_password_and_never_shows_it(
     match = re.search(r"started a private one at unix://:\*\*\*@(\S+?)\?db=0", run.stderr())
     assert match, run.stderr()
     socket_path = match.group(1)
+    assert Path(socket_path).parent.parent == Path(run_env["TMPDIR"])
     assert stat.S_IMODE(os.stat(os.path.dirname(socket_path)).st_mode) == 0o700
     # And a client without the password is refused
     with pytest.raises((redis.AuthenticationError, redis.ResponseError)) as refused:
@@ -230,6 +237,7 @@ def test_a_successful_run_leaves_no_temporary_folder(tmp_path, run_env, runs):
     # Then it said what it stopped, and left nothing in the temporary folder
     assert "stopped 2 workers, the dispatcher and the private Redis" in run.stderr()
     assert "process logs" not in run.stderr()
+    assert "started a private one at unix://:***@" + run_env["TMPDIR"] in run.stderr()
     assert list(Path(run_env["TMPDIR"]).iterdir()) == []
 
 
