@@ -467,18 +467,37 @@ def wait(context: Context, timeout: float | None, quiet: bool) -> None:
 @click.option(
     "--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Worker processes."
 )
+@click.option(
+    "--private-redis",
+    is_flag=True,
+    help="Start a private Redis for this run (unix socket, random password) even if one answers.",
+)
 @pass_context
-def run(context: Context, file_path: str, workers: int) -> None:
-    """Add the graph in FILE (resuming if already added) and run it to the end."""
-    from bridge.runner import RunError, run_graph
+def run(context: Context, file_path: str, workers: int, private_redis: bool) -> None:
+    """Add the graph in FILE (resuming if already added) and run it to the end.
+
+    Exit 0 when FILE's tasks are all done, 1 when nothing more of them can run,
+    128 + the signal's number when stopped by SIGINT, SIGTERM or SIGHUP.
+    """
+    from bridge.runner import run_graph
 
     specs = graph.parse_graph(_read(file_path), file_path)
-    result = add_specs(context, specs, skip_same=True)
-    click.echo(f"added {len(result.added)} task(s), {len(result.skipped)} already there")
-    try:
-        code = run_graph(context.settings, context.engine, [s.id for s in specs], workers)
-    except RunError as exc:
-        fail(str(exc))
+    if not specs:
+        fail(f"{file_path} has no tasks")
+
+    def add(settings: Settings) -> None:
+        context.settings = settings  # the Redis the run resolved, for the wake-up nudge
+        result = add_specs(context, specs, skip_same=True)
+        click.echo(f"added {len(result.added)} task(s), {len(result.skipped)} already there")
+
+    code = run_graph(
+        context.settings,
+        lambda: context.engine,  # opened (maybe created) only once Redis is known
+        [s.id for s in specs],
+        workers,
+        add=add,
+        private_redis=private_redis,
+    )
     sys.exit(code)
 
 
