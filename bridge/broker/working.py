@@ -149,9 +149,16 @@ return 1
         self._thread.start()
 
     def stop(self) -> None:
+        """The job ended (returned, failed, or its process died): stop beating, and drop
+        the heartbeat now rather than let it expire, so a work horse that died without
+        a report is judged at once instead of after the heartbeat TTL."""
         self._done.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+        try:
+            self.client.delete(self.keys.alive(self.dispatch.job_id))
+        except Exception as exc:  # Redis gone: the key expires on its own
+            log.debug("heartbeat of %s not dropped: %s", self.dispatch.job_id, exc)
 
     def _run(self) -> None:
         if not self._done.wait(START_REPORT_DELAY):
@@ -323,6 +330,8 @@ def serve_jobs(
         try:
             return worker.work(burst=burst, logging_level=logging_level, max_jobs=max_jobs)
         except redis.RedisError as exc:
+            if getattr(worker, "_shutdown_requested_date", None) is not None:
+                return True  # asked to stop: do not start over while Redis is away
             log.warning(
                 "lost Redis (%s); starting the worker again in %.0fs",
                 first_line(exc),

@@ -312,14 +312,20 @@ def outcome(
     return Outcome(len(specs), lost, repeated, counts, final)
 
 
-REPORTS_STREAM = "bridge:bridge:reports"
+def reports_stream(client: redis.Redis) -> str:
+    """The report stream of the test's database (``bridge:<namespace>:reports``)."""
+    for key in client.scan_iter("bridge:*:reports"):
+        return _text(key)
+    return "bridge:none:reports"
+
+
 REPORTS_GROUP = "dispatchers"
 
 
 def pending_reports(client: redis.Redis) -> set[bytes]:
     """Ids of reports a dispatcher read from the stream but has not acknowledged."""
     try:
-        rows = client.xpending_range(REPORTS_STREAM, REPORTS_GROUP, "-", "+", 100_000)
+        rows = client.xpending_range(reports_stream(client), REPORTS_GROUP, "-", "+", 100_000)
     except redis.ResponseError:  # no stream or group yet
         return set()
     return {row["message_id"] for row in rows}
@@ -328,7 +334,7 @@ def pending_reports(client: redis.Redis) -> set[bytes]:
 def consumers(client: redis.Redis) -> list[tuple[str, int]]:
     """The report stream's consumers (dispatcher names) with their unacknowledged counts."""
     try:
-        rows = client.xinfo_consumers(REPORTS_STREAM, REPORTS_GROUP)
+        rows = client.xinfo_consumers(reports_stream(client), REPORTS_GROUP)
     except redis.ResponseError:
         return []
     return [(_text(row["name"]), int(row["pending"])) for row in rows]
