@@ -18,6 +18,7 @@ stopped; use the forking worker (the default) where that matters.
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -283,9 +284,21 @@ class BridgeWorker(_BridgeWorkerMixin, Worker):
             self._watch.start()
 
     def _stop(self, job: Job) -> None:
+        """Kill the work horse running ``job``, and nothing else: the watch thread may see
+        the fence just as the horse ends, when RQ has already cleared its pid (a kill of
+        pid 0's group would take this worker down with it)."""
         super()._stop(job)
-        self._stopped_job_id = job.id
-        self.kill_horse()
+        pid = self._horse_pid
+        if pid <= 0 or self.get_current_job_id() != job.id:
+            return
+        try:
+            group = os.getpgid(pid)
+            if group == os.getpgrp():
+                return
+            self._stopped_job_id = job.id
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # it ended on its own
 
 
 class BridgeSimpleWorker(_BridgeWorkerMixin, SimpleWorker):
