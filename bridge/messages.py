@@ -1,8 +1,9 @@
 """What crosses Redis between the dispatcher and the workers.
 
-Both sides import this module and nothing else of each other: a report is a
-frozen dataclass with its own encode/decode, so a malformed message fails with
-a typed error instead of a KeyError deep in the dispatcher.
+Both sides import this module and nothing else of each other. A dispatch (the
+job's fields) and a report are frozen dataclasses, each with its own encode and
+decode, so a malformed message fails with a typed error (``MessageError``,
+``ReportError``) instead of a KeyError deep in the dispatcher or the worker.
 """
 
 import json

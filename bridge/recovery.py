@@ -110,7 +110,11 @@ def judge(flight: Flight, job: JobState, *, now: datetime, limits: Limits) -> Ve
         return None
     if job.status in ("failed", "stopped", "canceled"):
         if job.ended_at is None or _older(job.ended_at, now, limits.grace):
-            return Verdict(False, f"JobFailed: RQ marked the job {job.status} and no report came")
+            return Verdict(
+                False,
+                f"WorkerLost: attempt {flight.attempt} ended without a report"
+                f" (RQ marked its job {job.status}: the process running it died or was killed)",
+            )
         return None
     started = job.started_at or parse_time(flight.started_at)
     if job.status == "started" or flight.status is TaskStatus.WORKING:

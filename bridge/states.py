@@ -1,7 +1,9 @@
 """The task state machine: one table, pure functions, no I/O.
 
-The store consults ``ALLOWED`` before every guarded UPDATE, so the table here
-is the single statement of which transitions exist.
+``ALLOWED`` states which transitions exist. The report rule (``decide_report``)
+only ever chooses one of them (a property test checks it), and the admin
+commands (retry, cancel) guard their UPDATEs with ``sources_of``. The dispatch
+and report UPDATEs guard on the exact status and job they were decided from.
 """
 
 from dataclasses import dataclass

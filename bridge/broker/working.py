@@ -18,6 +18,7 @@ stopped; use the forking worker (the default) where that matters.
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -149,9 +150,16 @@ return 1
         self._thread.start()
 
     def stop(self) -> None:
+        """The job ended (returned, failed, or its process died): stop beating, and drop
+        the heartbeat now rather than let it expire, so a work horse that died without
+        a report is judged at once instead of after the heartbeat TTL."""
         self._done.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+        try:
+            self.client.delete(self.keys.alive(self.dispatch.job_id))
+        except Exception as exc:  # Redis gone: the key expires on its own
+            log.debug("heartbeat of %s not dropped: %s", self.dispatch.job_id, exc)
 
     def _run(self) -> None:
         if not self._done.wait(START_REPORT_DELAY):
@@ -276,9 +284,21 @@ class BridgeWorker(_BridgeWorkerMixin, Worker):
             self._watch.start()
 
     def _stop(self, job: Job) -> None:
+        """Kill the work horse running ``job``, and nothing else: the watch thread may see
+        the fence just as the horse ends, when RQ has already cleared its pid (a kill of
+        pid 0's group would take this worker down with it)."""
         super()._stop(job)
-        self._stopped_job_id = job.id
-        self.kill_horse()
+        pid = self._horse_pid
+        if pid <= 0 or self.get_current_job_id() != job.id:
+            return
+        try:
+            group = os.getpgid(pid)
+            if group == os.getpgrp():
+                return
+            self._stopped_job_id = job.id
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # it ended on its own
 
 
 class BridgeSimpleWorker(_BridgeWorkerMixin, SimpleWorker):
@@ -323,6 +343,8 @@ def serve_jobs(
         try:
             return worker.work(burst=burst, logging_level=logging_level, max_jobs=max_jobs)
         except redis.RedisError as exc:
+            if getattr(worker, "_shutdown_requested_date", None) is not None:
+                return True  # asked to stop: do not start over while Redis is away
             log.warning(
                 "lost Redis (%s); starting the worker again in %.0fs",
                 first_line(exc),

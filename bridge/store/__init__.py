@@ -1,7 +1,8 @@
 """The store: all SQL lives in this package, the only code that talks to the database.
 
 Every state change is a guarded compare-and-set (``UPDATE ... WHERE status = ...
-AND attempts = ...``) in the same transaction as its ``task_events`` row. Hot
+AND job_id = ...`` for reports, ``AND attempts = ...`` for dispatches) in the same
+transaction as its ``task_events`` row. Hot
 paths use SQLAlchemy Core on the mapped tables, not ORM object loads. Callers
 use this package's names; the modules inside are split by concern.
 """
@@ -28,7 +29,14 @@ from bridge.store.engine import (
     stamp,
     writing,
 )
-from bridge.store.leases import acquire_lease, holds_lease, lease_holder, release_lease
+from bridge.store.leases import (
+    LeaseInfo,
+    acquire_lease,
+    holds_lease,
+    lease_holder,
+    list_leases,
+    release_lease,
+)
 from bridge.store.reports import Applied, apply_reports
 from bridge.store.schema import namespace, take_tokens
 from bridge.store.tables import EDGES, EVENTS, LEASES, SLOTS, TASKS
@@ -60,6 +68,7 @@ __all__ = [
     "Cleaned",
     "Dispatch",
     "Engine",
+    "LeaseInfo",
     "Progress",
     "Session",
     "StoreError",
@@ -78,6 +87,7 @@ __all__ = [
     "in_flight",
     "lease_holder",
     "list_events",
+    "list_leases",
     "list_slots",
     "list_tasks",
     "namespace",

@@ -3,7 +3,8 @@
 A batch of reports is decided in Python (``states.decide_report``, in order, with
 each task's state carried from one report to the next), then written with one
 prepared statement per kind of change, executed for many rows at once. Every
-UPDATE is guarded on the status and attempt the decision was made from.
+UPDATE is guarded on the status and the job (the fencing token) the decision was
+made from, so a change made meanwhile by someone else aborts the whole batch.
 """
 
 from collections.abc import Sequence

@@ -40,7 +40,7 @@ def test_cancel_stops_a_running_job_on_a_forking_worker(tmp_path, bridge_env, pr
 
 def test_cancel_on_a_simple_worker_says_the_job_runs_to_its_end(tmp_path, bridge_env, processes):
     # Given a task running on a simple worker, which cannot stop a job
-    log = start_running(tmp_path, bridge_env, processes, "simple", sleep=3)
+    log = start_running(tmp_path, bridge_env, processes, "simple", sleep=8)
     # When it is cancelled
     result = bridge("cancel", "t", env=bridge_env)
     # Then the CLI says so, instead of claiming it was stopped

@@ -312,14 +312,20 @@ def outcome(
     return Outcome(len(specs), lost, repeated, counts, final)
 
 
-REPORTS_STREAM = "bridge:bridge:reports"
+def reports_stream(client: redis.Redis) -> str:
+    """The report stream of the test's database (``bridge:<namespace>:reports``)."""
+    for key in client.scan_iter("bridge:*:reports"):
+        return _text(key)
+    return "bridge:none:reports"
+
+
 REPORTS_GROUP = "dispatchers"
 
 
 def pending_reports(client: redis.Redis) -> set[bytes]:
     """Ids of reports a dispatcher read from the stream but has not acknowledged."""
     try:
-        rows = client.xpending_range(REPORTS_STREAM, REPORTS_GROUP, "-", "+", 100_000)
+        rows = client.xpending_range(reports_stream(client), REPORTS_GROUP, "-", "+", 100_000)
     except redis.ResponseError:  # no stream or group yet
         return set()
     return {row["message_id"] for row in rows}
@@ -328,7 +334,7 @@ def pending_reports(client: redis.Redis) -> set[bytes]:
 def consumers(client: redis.Redis) -> list[tuple[str, int]]:
     """The report stream's consumers (dispatcher names) with their unacknowledged counts."""
     try:
-        rows = client.xinfo_consumers(REPORTS_STREAM, REPORTS_GROUP)
+        rows = client.xinfo_consumers(reports_stream(client), REPORTS_GROUP)
     except redis.ResponseError:
         return []
     return [(_text(row["name"]), int(row["pending"])) for row in rows]
@@ -379,3 +385,144 @@ def bridge_all(*commands: Sequence[str], env: dict[str, str]) -> list[subprocess
         out, err = process.communicate(timeout=60)
         done.append(subprocess.CompletedProcess(list(args), process.returncode, out, err))
     return done
+
+
+# ------------------------------------------------------------------ pauses and journals
+
+CHAOS_DIR = TESTS_DIR / "chaos"
+JOURNAL_ENV = "CHAOS_HANDLER_LOG"
+"""Names the journal the handlers of ``tests/chaos/chaos_handlers.py`` append to."""
+
+
+def journal_env(env: dict[str, str], journal: Path) -> dict[str, str]:
+    """``env`` plus the journaling handlers of ``tests/chaos`` and the journal's path."""
+    return {
+        **env,
+        "BRIDGE_HANDLERS": env["BRIDGE_HANDLERS"] + ",chaos_handlers",
+        "PYTHONPATH": os.pathsep.join([str(CHAOS_DIR), env["PYTHONPATH"]]),
+        JOURNAL_ENV: str(journal),
+    }
+
+
+def journal_lines(journal: Path) -> list[dict[str, Any]]:
+    """The handlers' start and end lines (a torn last line is skipped)."""
+    if not journal.exists():
+        return []
+    lines = []
+    for text in journal.read_text(errors="replace").splitlines():
+        try:
+            lines.append(json.loads(text))
+        except ValueError:
+            continue
+    return lines
+
+
+def journal_starts(journal: Path) -> Counter:
+    """Handler starts per task id."""
+    return Counter(line["task"] for line in journal_lines(journal) if line["event"] == "start")
+
+
+def family(pid: int) -> list[int]:
+    """``pid`` and its descendants (a forking worker and its work horse, which RQ puts in
+    a process group of its own, so a signal to the worker's group misses it)."""
+    found = [pid]
+    for child in children(pid):
+        found += family(child)
+    return found
+
+
+def signal_all(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+class WriteLock:
+    """Another process holding SQLite's write lock (``BEGIN IMMEDIATE``) for ``seconds``,
+    then rolling back: the database is unchanged, only unwritable meanwhile."""
+
+    SCRIPT = (
+        "import sqlite3, sys, time\n"
+        "conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)\n"
+        "conn.execute('BEGIN IMMEDIATE')\n"
+        "print('locked', time.time(), flush=True)\n"
+        "time.sleep(float(sys.argv[2]))\n"
+        "conn.execute('ROLLBACK')\n"
+        "print('released', time.time(), flush=True)\n"
+    )
+
+    def __init__(self, db: Path, seconds: float) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", self.SCRIPT, str(db), str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = self.process.stdout.readline().split()  # blocks until the lock is held
+        if not line or line[0] != "locked":
+            self.process.kill()
+            raise AssertionError("could not take the database's write lock")
+        self.taken = float(line[1])
+        self.released: float | None = None
+
+    def wait(self, timeout: float = 120) -> float:
+        """Until it rolled back; returns the moment it did."""
+        line = self.process.stdout.readline().split()
+        self.process.wait(timeout=timeout)
+        self.released = float(line[1]) if line else time.time()
+        return self.released
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def calibrate_gil(seconds: float) -> int:
+    """An ``n`` for which ``sum(range(n))`` (one C call, the GIL held throughout) takes
+    about ``seconds`` on this machine, measured now."""
+    n = 2_000_000
+    while True:
+        start = time.perf_counter()
+        sum(range(n))
+        took = time.perf_counter() - start
+        if took > 0.3:
+            return int(n * seconds / took)
+        n *= 4
+
+
+def longest_tick_gap(n: int) -> tuple[float, float]:
+    """Run ``sum(range(n))`` while a thread ticks every 5 ms: (the call's duration, the
+    longest gap between ticks). A gap about as long as the call shows the GIL was held."""
+    import threading
+
+    ticks: list[float] = []
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    time.sleep(0.05)
+    start = time.perf_counter()
+    sum(range(n))
+    took = time.perf_counter() - start
+    time.sleep(0.05)
+    stop.set()
+    thread.join(timeout=5)
+    gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+    return took, max(gaps, default=0.0)
+
+
+def worker_lost(db: Path) -> list[dict[str, Any]]:
+    """Events whose detail names WorkerLost."""
+    return [e for e in events(db) if "WorkerLost" in (e["detail"] or "")]
+
+
+def ignored(db: Path) -> list[dict[str, Any]]:
+    """Events of reports the database ignored (stale attempt, unknown task...)."""
+    return [e for e in events(db) if (e["detail"] or "").startswith("ignored")]

@@ -19,6 +19,7 @@ from faultlib import (
     outcome,
     record_task,
     redis_client,
+    reports_stream,
     tasks,
 )
 from helpers import statuses, wait_until
@@ -114,7 +115,8 @@ def test_worker_killed_mid_task(tmp_path, fault_env, db_path, processes, fault_t
 def _reports_in_stream(url: str) -> dict[str, list[str]]:
     """The reports still waiting in the stream, by task: kinds in order."""
     found: dict[str, list[str]] = {}
-    for _, fields in redis_client(url).xrange("bridge:bridge:reports"):
+    client = redis_client(url)
+    for _, fields in client.xrange(reports_stream(client)):
         if b"task_id" in fields:
             found.setdefault(fields[b"task_id"].decode(), []).append(fields[b"kind"].decode())
     return found

@@ -115,3 +115,30 @@ def test_a_job_just_picked_by_a_worker_is_left_alone():
         verdict(flight(), JobState(exists=True, status="queued", picked=True, picked_for=1.0))
         is None
     )
+
+
+def test_a_finished_job_is_a_report_on_its_way_however_old_its_heartbeat_is():
+    # A dispatcher paused for 20 s comes back: the job finished meanwhile, its heartbeat
+    # is gone; that is never a dead worker
+    job = JobState(exists=True, status="finished", started_at=NOW - timedelta(seconds=19))
+    assert verdict(flight(TaskStatus.WORKING, started=19.0), job) is None
+
+
+def test_a_finished_job_whose_report_never_came_is_sent_again_not_failed():
+    job = JobState(exists=True, status="finished", ended_at=NOW - timedelta(seconds=61))
+    result = judge(flight(TaskStatus.WORKING, started=70.0), job, now=NOW, limits=Limits())
+    assert result is not None and result.redispatch and "report never arrived" in result.reason
+
+
+def test_a_live_heartbeat_keeps_any_attempt_alive_up_to_its_timeout():
+    job = JobState(exists=True, status="started", heartbeat=True)
+    assert verdict(flight(TaskStatus.WORKING, started=3600.0), job) is None
+    assert verdict(flight(TaskStatus.QUEUED, started=None), job) is None
+
+
+def test_a_job_that_ended_failed_moments_ago_waits_for_its_report():
+    job = JobState(exists=True, status="failed", ended_at=NOW - timedelta(seconds=1))
+    assert verdict(flight(TaskStatus.WORKING, started=10.0), job) is None
+    late = JobState(exists=True, status="failed", ended_at=NOW - timedelta(seconds=6))
+    result = verdict(flight(TaskStatus.WORKING, started=10.0), late)
+    assert result is not None and not result.redispatch and "WorkerLost" in result.reason
