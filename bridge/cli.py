@@ -4,8 +4,15 @@ Each command parses its options, calls one use case and renders the result;
 warnings go to stderr as ``warning: ...``. Every error a user can cause ends
 as one line ``error: ...`` on stderr and a non-zero exit, never a traceback;
 ``main`` is where that is enforced.
+
+The store, the renderer and the use cases are imported on first use, so that
+``bridge worker`` (which never opens the database) starts without loading
+SQLAlchemy or rich: start-up counts for every worker a supervisor restarts.
 """
 
+from __future__ import annotations
+
+import importlib
 import logging
 import math
 import os
@@ -16,7 +23,7 @@ from typing import Any, NoReturn
 
 import click
 
-from bridge import graph, render, usecases
+from bridge.app import App
 from bridge.broker import Broker, connect
 from bridge.errors import BridgeError
 from bridge.settings import (
@@ -38,7 +45,22 @@ FOLLOW_EVERY = 0.5
 """Seconds between looks for new events with ``events --follow``."""
 
 
-class Context(usecases.App):
+class _LazyModule:
+    """A module imported on its first attribute access."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+graph: Any = _LazyModule("bridge.graph")
+render: Any = _LazyModule("bridge.render")
+usecases: Any = _LazyModule("bridge.usecases")
+
+
+class Context(App):
     """What every command gets: the use cases' ``App``, plus the services' Redis client."""
 
     def service_broker(self) -> Broker:

@@ -14,14 +14,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 from bridge import store
+from bridge.app import App
 from bridge.broker import (
     Broker,
     BrokerError,
     CancelOutcome,
     Withdrawal,
     WorkerInfo,
-    connect,
-    nudge_quietly,
 )
 from bridge.graph import TaskSpec
 from bridge.models import Task, TaskEvent, WorkerSlot
@@ -31,58 +30,6 @@ from bridge.states import FINISHED_BADLY, IN_FLIGHT, TaskStatus
 DISPATCHER_LEASE = "dispatcher"
 """Every dispatcher lease's name starts with this (one per database today; ``status``
 shows any, so a lease named per queue by an older dispatcher shows too)."""
-
-
-class App:
-    """What every use case needs: the settings, the database and, when asked, Redis.
-
-    The database is opened on first use: with ``create`` a missing one is made
-    (``add``, ``run``, ``dispatch``); without it a missing one is an error and a
-    read-only one is opened read-only. One ``App`` per process (or per request
-    surface); ``close`` releases both connections.
-    """
-
-    def __init__(
-        self, settings: Settings, *, create: bool = False, engine: store.Engine | None = None
-    ) -> None:
-        self.settings = settings
-        self.create = create
-        self._engine = engine
-        self._broker: Broker | None = None
-        self._namespace: str | None = None
-
-    @property
-    def engine(self) -> store.Engine:
-        if self._engine is None:
-            self._engine = store.open_engine(self.settings.database_url, create=self.create)
-        return self._engine
-
-    @property
-    def namespace(self) -> str:
-        """The database's Redis namespace (read once)."""
-        if self._namespace is None:
-            with store.reading(self.engine) as session:
-                self._namespace = store.namespace(session=session)
-        return self._namespace
-
-    def broker(self) -> Broker:
-        """The broker on the configured Redis; ``BrokerError`` if Redis does not answer."""
-        if self._broker is None:
-            client = connect(self.settings.redis_url, check=True)
-            self._broker = Broker(client, self.namespace)
-        return self._broker
-
-    def nudge(self) -> None:
-        """Wake a running dispatcher at once; without Redis it finds the change on its own."""
-        nudge_quietly(self.settings.redis_url, self.namespace)
-
-    def close(self) -> None:
-        if self._broker is not None:
-            self._broker.client.close()
-            self._broker = None
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
 
 
 def _redis_unreachable(app: App, exc: BrokerError) -> str:

@@ -156,3 +156,19 @@ def test_a_worker_process_loads_no_sql_library():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_the_worker_command_starts_without_loading_sql_or_rich():
+    # `bridge worker` goes through the CLI module: it must not pay for SQLAlchemy or rich,
+    # whose import doubles a worker's start-up time and memory (and every fork's cost)
+    code = (
+        "import sys, bridge.cli, bridge.workers.process, bridge.broker.working\n"
+        "bad = sorted(m for m in sys.modules"
+        " if m.split('.')[0] in ('sqlalchemy', 'sqlmodel', 'rich'))\n"
+        "print(','.join(bad))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
