@@ -1,18 +1,23 @@
-"""The ``bridge`` command: a thin skin over the store, the broker and the dispatcher.
+"""The ``bridge`` command: a thin skin over the use cases in ``bridge.usecases``.
 
-Every error a user can cause ends as one line ``error: ...`` on stderr and a
-non-zero exit, never a traceback; ``main`` is where that is enforced.
+Each command parses its options, calls one use case and renders the result;
+warnings go to stderr as ``warning: ...``. Every error a user can cause ends
+as one line ``error: ...`` on stderr and a non-zero exit, never a traceback;
+``main`` is where that is enforced.
 """
 
 import logging
+import math
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
-from bridge import graph, render, store
-from bridge.broker import Broker, BrokerError, Withdrawal, connect, nudge_quietly
+from bridge import graph, render, usecases
+from bridge.broker import Broker, connect
 from bridge.errors import BridgeError
 from bridge.settings import (
     DEFAULT_DATABASE_URL,
@@ -21,48 +26,78 @@ from bridge.settings import (
     DEFAULT_SLOTS,
     WORKER_CLASSES,
     Settings,
+    redact_text,
     redact_url,
 )
 from bridge.states import TaskStatus
 
+CREATING_COMMANDS = frozenset({"add", "run", "dispatch"})
+"""The only commands that create a missing database; the others say there is none."""
 
-class Context:
-    """What every command gets: the settings, and the engine built on first use."""
+FOLLOW_EVERY = 0.5
+"""Seconds between looks for new events with ``events --follow``."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._engine: store.Engine | None = None
 
-    @property
-    def engine(self) -> store.Engine:
-        if self._engine is None:
-            self._engine = store.open_engine(self.settings.database_url)
-        return self._engine
+class Context(usecases.App):
+    """What every command gets: the use cases' ``App``, plus the services' Redis client."""
 
-    @property
-    def namespace(self) -> str:
-        """The database's Redis namespace (read once)."""
-        with store.reading(self.engine) as session:
-            return store.namespace(session=session)
-
-    def broker(self, *, check: bool = True, resilient: bool = False) -> Broker:
-        client = connect(self.settings.redis_url, check=check, resilient=resilient)
+    def service_broker(self) -> Broker:
+        """A broker whose client rides out a Redis restart (for ``dispatch``)."""
+        client = connect(self.settings.redis_url, check=True, resilient=True)
         return Broker(client, self.namespace)
 
 
 pass_context = click.make_pass_decorator(Context)
 
 
+def urls_in_play(argv: list[str] | None = None) -> list[str]:
+    """The database and Redis URLs this process was given (environment and options),
+    whose secrets no line it prints may hold, whatever a driver put in its message."""
+    argv = sys.argv[1:] if argv is None else argv
+    urls = [os.environ.get(name, "") for name in ("BRIDGE_DATABASE_URL", "BRIDGE_REDIS_URL")]
+    for index, arg in enumerate(argv):
+        for option in ("--database-url", "--redis-url"):
+            if arg == option and index + 1 < len(argv):
+                urls.append(argv[index + 1])
+            elif arg.startswith(option + "="):
+                urls.append(arg.split("=", 1)[1])
+    return [url for url in urls if url]
+
+
+def scrub(text: str) -> str:
+    return redact_text(text, *urls_in_play())
+
+
+class ScrubSecrets(logging.Filter):
+    """Every log record passes here: no secret of a configured URL is ever logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        scrubbed = scrub(message)
+        if scrubbed != message:
+            record.msg, record.args = scrubbed, ()
+        return True
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {scrub(message)}", err=True)
     sys.exit(code)
 
 
 def warn(message: str) -> None:
-    click.echo(f"warning: {message}", err=True)
+    click.echo(f"warning: {scrub(message)}", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": False})
+def warn_all(warnings: list[str]) -> None:
+    for message in warnings:
+        warn(message)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": False},
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
 @click.option(
     "--database-url",
     envvar="BRIDGE_DATABASE_URL",
@@ -118,10 +153,29 @@ def cli(ctx: click.Context, verbose: bool, **options: Any) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    ctx.obj = Context(Settings.from_env({}, **options))
+    for log_handler in logging.getLogger().handlers:
+        log_handler.addFilter(ScrubSecrets())
+    if ctx.invoked_subcommand is None:  # plain ``bridge``: the help, not an error
+        click.echo(ctx.get_help())
+        ctx.exit(0)
+    ctx.obj = Context(
+        Settings.from_env({}, **options), create=ctx.invoked_subcommand in CREATING_COMMANDS
+    )
 
 
 # ------------------------------------------------------------------------------ add
+
+SINGLE_TASK_OPTIONS = {
+    "description": "--description",
+    "kind": "--kind",
+    "payload": "--payload",
+    "after": "--after",
+    "priority": "--priority",
+    "max_attempts": "--max-attempts",
+    "timeout": "--timeout",
+}
+"""Options that describe one task: a graph file describes its own, so with ``--file``
+they are refused rather than silently ignored."""
 
 
 @cli.command()
@@ -136,9 +190,9 @@ def cli(ctx: click.Context, verbose: bool, **options: Any) -> None:
 @click.option("--priority", type=int, default=0, help="Higher runs first.")
 @click.option("--max-attempts", type=int, default=1, help="Attempts before it fails for good.")
 @click.option("--timeout", type=int, help="Seconds an attempt may run.")
-@pass_context
+@click.pass_context
 def add(
-    context: Context,
+    ctx: click.Context,
     task_id: str | None,
     file_path: str | None,
     description: str,
@@ -150,9 +204,18 @@ def add(
     timeout: int | None,
 ) -> None:
     """Add one task, or a whole graph with --file (all or nothing)."""
+    context = ctx.find_object(Context)
+    assert context is not None
     if file_path is not None:
         if task_id is not None:
             fail("give either a task ID or --file, not both", 2)
+        given = [
+            flag
+            for name, flag in SINGLE_TASK_OPTIONS.items()
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            fail(f"{', '.join(given)} cannot be used with --file (the file describes each task)", 2)
         specs = graph.parse_graph(_read(file_path), file_path)
     elif task_id is None:
         fail("give a task ID or --file", 2)
@@ -180,42 +243,21 @@ def _read(path: str) -> str:
         fail(f"cannot read {path}: {exc.strerror if isinstance(exc, OSError) else exc}")
 
 
-def add_specs(context: Context, specs: list[graph.TaskSpec], *, skip_same: bool) -> store.AddResult:
-    _warn_unknown_kinds(context.settings, specs)
-    with store.writing(context.engine) as session:
-        result = store.add_tasks(
-            session=session,
-            specs=specs,
-            skip_same=skip_same,
-            max_payload=context.settings.max_output,
-            queue=context.settings.queue,
-        )
-    if result.added:
-        _nudge(context)
+def add_specs(context: Context, specs: list[graph.TaskSpec], *, skip_same: bool) -> usecases.Added:
+    result = usecases.add(context, specs, skip_same=skip_same)
+    warn_all(result.warnings)
     return result
 
 
-def _warn_unknown_kinds(settings: Settings, specs: list[graph.TaskSpec]) -> None:
-    from bridge.workers.registry import HandlerError, is_registered, load_modules
-
-    try:
-        load_modules(settings.handlers)
-    except HandlerError as exc:
-        warn(str(exc))
-    unknown = sorted({s.kind for s in specs if not is_registered(s.kind)})
-    if unknown:
-        warn(
-            f"no handler registered here for kind(s) {', '.join(unknown)};"
-            " workers must load it (BRIDGE_HANDLERS) or these tasks will fail"
-        )
-
-
-def _nudge(context: Context) -> None:
-    """Wake a running dispatcher at once; without Redis it finds the tasks on its own."""
-    nudge_quietly(context.settings.redis_url, context.namespace)
-
-
 # ------------------------------------------------------------------------------ reading
+
+
+def _seconds(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise click.BadParameter(
+            f"{value:g} is not a number of seconds >= 0", param_hint="'--timeout'"
+        )
+    return value
 
 
 def _status_option(value: str | None) -> TaskStatus | None:
@@ -233,46 +275,66 @@ def _status_option(value: str | None) -> TaskStatus | None:
 @pass_context
 def list_(context: Context, status: str | None, as_json: bool) -> None:
     """List tasks in the order they were added."""
-    wanted = _status_option(status)
-    with store.reading(context.engine) as session:
-        tasks = store.list_tasks(session=session, status=wanted)
-        if as_json:
-            render.print_json([store.task_dict(t) for t in tasks])
-        else:
-            render.console().print(render.tasks_table(tasks))
+    tasks = usecases.list_tasks(context, _status_option(status))
+    if as_json:
+        render.print_json([render.task_dict(t) for t in tasks])
+    else:
+        render.console().print(render.tasks_table(tasks))
 
 
 @cli.command()
 @click.argument("task_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--traceback", "traceback", is_flag=True, help="Print the latest failure in full.")
 @pass_context
-def show(context: Context, task_id: str, as_json: bool) -> None:
+def show(context: Context, task_id: str, as_json: bool, traceback: bool) -> None:
     """Show one task, and why it is in its state."""
-    with store.reading(context.engine) as session:
-        task = store.require_task(session=session, task_id=task_id)
-        deps = store.dependency_states(session=session, task_id=task_id)
-        if as_json:
-            data = store.task_dict(task)
-            data["why"] = render.explain(task, deps)
-            render.print_json(data)
+    view = usecases.show_task(context, task_id)
+    if as_json:
+        data = view.to_dict()
+        if traceback:
+            data["traceback"] = view.traceback
+        render.print_json(data)
+    elif traceback:
+        if view.traceback is None:
+            click.echo(f"task {task_id!r} has no recorded failure")
         else:
-            render.console().print(render.task_detail(task, deps))
+            click.echo(view.traceback)
+    else:
+        render.console().print(render.task_detail(view))
 
 
 @cli.command()
 @click.argument("task_id", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON (one object a line with --follow)."
+)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events until Ctrl-C.")
 @pass_context
-def events(context: Context, task_id: str | None, as_json: bool) -> None:
+def events(context: Context, task_id: str | None, as_json: bool, follow: bool) -> None:
     """The audit trail: every state change (of one task, or all)."""
-    with store.reading(context.engine) as session:
-        if task_id is not None:
-            store.require_task(session=session, task_id=task_id)
-        rows = store.list_events(session=session, task_id=task_id)
+    rows = usecases.list_events(context, task_id)
+    if not follow:
         if as_json:
             render.print_json([render.event_dict(e) for e in rows])
         else:
             render.console().print(render.events_table(rows))
+        return
+    out = render.console()
+    last = None
+    try:
+        while True:
+            for event in rows:
+                if as_json:
+                    click.echo(render.json_line(render.event_dict(event)))
+                else:
+                    out.print(render.event_line(event), soft_wrap=True)
+                last = event.id
+            sys.stdout.flush()
+            time.sleep(FOLLOW_EVERY)
+            rows = usecases.list_events(context, task_id, after=last)
+    except KeyboardInterrupt:
+        sys.exit(0)
 
 
 @cli.command()
@@ -280,12 +342,24 @@ def events(context: Context, task_id: str | None, as_json: bool) -> None:
 @pass_context
 def slots(context: Context, as_json: bool) -> None:
     """The worker slots: which task holds each."""
-    with store.reading(context.engine) as session:
-        rows = store.list_slots(session=session)
-        if as_json:
-            render.print_json([render.slot_dict(s) for s in rows])
-        else:
-            render.console().print(render.slots_table(rows))
+    rows = usecases.list_slots(context)
+    if as_json:
+        render.print_json([render.slot_dict(s) for s in rows])
+    else:
+        render.console().print(render.slots_table(rows))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def status(context: Context, as_json: bool) -> None:
+    """Is a dispatcher running, which workers are alive, and where the tasks stand."""
+    result = usecases.status(context)
+    if as_json:
+        render.print_json(result.to_dict())
+    else:
+        render.console().print(render.status_view(result))
+    warn_all(result.warnings)
 
 
 # ------------------------------------------------------------------------------ admin
@@ -296,10 +370,9 @@ def slots(context: Context, as_json: bool) -> None:
 @pass_context
 def retry(context: Context, task_id: str) -> None:
     """Put a failed or cancelled task back to available (its history is kept)."""
-    with store.writing(context.engine) as session:
-        store.retry_task(session=session, task_id=task_id)
-    _nudge(context)
+    result = usecases.retry(context, task_id)
     click.echo(f"task {task_id!r} is available again")
+    warn_all(result.warnings)
 
 
 @cli.command()
@@ -307,17 +380,12 @@ def retry(context: Context, task_id: str) -> None:
 @pass_context
 def cancel(context: Context, task_id: str) -> None:
     """Cancel a task; a queued job is removed, a running one is asked to stop."""
-    with store.writing(context.engine) as session:
-        cancelled = store.cancel_task(session=session, task_id=task_id)
-    _nudge(context)  # its slot is free: let the dispatcher fill it now
+    result = usecases.cancel(context, task_id)
     message = f"task {task_id!r} cancelled"
-    if cancelled.job_id is not None:
-        try:
-            outcome = context.broker().cancel(cancelled.job_id, cancelled.queue)
-            message += f"; {outcome.message}"
-        except BrokerError as exc:
-            message += f"; Redis not reachable ({exc}), any result it sends will be ignored"
+    if result.job is not None:
+        message += f"; {result.job}"
     click.echo(message)
+    warn_all(result.warnings)
 
 
 @cli.command()
@@ -327,13 +395,9 @@ def clean(context: Context, yes: bool) -> None:
     """Delete all tasks and their history, and reset the slots."""
     if not yes:
         fail("this deletes every task and its history; add --yes to confirm", 2)
-    with store.writing(context.engine) as session:
-        cleaned = store.clean(session=session)
-    try:
-        context.broker().supersede([Withdrawal(job, queue) for job, queue in cleaned.in_flight])
-    except BrokerError:
-        pass  # their reports can never match a later task: tokens are never reused
-    click.echo(f"deleted {cleaned.count} task(s)")
+    result = usecases.clean(context)
+    click.echo(f"deleted {result.deleted} task(s)")
+    warn_all(result.warnings)
 
 
 # ------------------------------------------------------------------------------ services
@@ -349,7 +413,7 @@ def dispatch(context: Context, once: bool) -> None:
     from bridge.dispatcher import serve, totals_line
 
     engine = context.engine
-    broker = context.broker(resilient=True)
+    broker = context.service_broker()
     logging.getLogger("bridge").info(
         "dispatching queue %r from %s to %s with %d slot(s)",
         context.settings.queue,
@@ -376,17 +440,22 @@ def worker(context: Context, burst: bool, name: str | None, quiet: bool) -> None
 
 
 @cli.command()
-@click.option("--timeout", type=float, help="Give up after this many seconds (exit 3).")
+@click.option(
+    "--timeout",
+    type=float,
+    callback=lambda _ctx, _param, value: _seconds(value),
+    help="Give up after this many seconds (exit 3).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @pass_context
 def wait(context: Context, timeout: float | None, quiet: bool) -> None:
     """Wait for the graph: 0 all done, 1 nothing more can run, 3 timeout."""
-    from bridge.runner import EXIT_STUCK, EXIT_TIMEOUT, report_stuck, wait_for_graph
+    from bridge.runner import EXIT_STUCK, EXIT_TIMEOUT, wait_for_graph
 
     code = wait_for_graph(context.engine, timeout=timeout, show_progress=not quiet)
     if code == EXIT_STUCK:
         click.echo("stopped: nothing more can run", err=True)
-        for line in report_stuck(context.engine):
+        for line in render.stuck_lines(usecases.progress(context)):
             click.echo(f"  {line}", err=True)
     elif code == EXIT_TIMEOUT:
         click.echo(f"timed out after {timeout:g}s", err=True)
@@ -398,18 +467,37 @@ def wait(context: Context, timeout: float | None, quiet: bool) -> None:
 @click.option(
     "--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Worker processes."
 )
+@click.option(
+    "--private-redis",
+    is_flag=True,
+    help="Start a private Redis for this run (unix socket, random password) even if one answers.",
+)
 @pass_context
-def run(context: Context, file_path: str, workers: int) -> None:
-    """Add the graph in FILE (resuming if already added) and run it to the end."""
-    from bridge.runner import RunError, run_graph
+def run(context: Context, file_path: str, workers: int, private_redis: bool) -> None:
+    """Add the graph in FILE (resuming if already added) and run it to the end.
+
+    Exit 0 when FILE's tasks are all done, 1 when nothing more of them can run,
+    128 + the signal's number when stopped by SIGINT, SIGTERM or SIGHUP.
+    """
+    from bridge.runner import run_graph
 
     specs = graph.parse_graph(_read(file_path), file_path)
-    result = add_specs(context, specs, skip_same=True)
-    click.echo(f"added {len(result.added)} task(s), {len(result.skipped)} already there")
-    try:
-        code = run_graph(context.settings, context.engine, [s.id for s in specs], workers)
-    except RunError as exc:
-        fail(str(exc))
+    if not specs:
+        fail(f"{file_path} has no tasks")
+
+    def add(settings: Settings) -> None:
+        context.settings = settings  # the Redis the run resolved, for the wake-up nudge
+        result = add_specs(context, specs, skip_same=True)
+        click.echo(f"added {len(result.added)} task(s), {len(result.skipped)} already there")
+
+    code = run_graph(
+        context.settings,
+        lambda: context.engine,  # opened (maybe created) only once Redis is known
+        [s.id for s in specs],
+        workers,
+        add=add,
+        private_redis=private_redis,
+    )
     sys.exit(code)
 
 

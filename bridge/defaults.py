@@ -75,3 +75,23 @@ RUN_POLL = 0.25
 """Seconds between looks at the database while ``bridge run``/``wait`` watch a graph."""
 STOP_GRACE = 30.0
 """Seconds children get to finish their current task after SIGTERM."""
+RESTART_BACKOFF = 0.5
+"""Seconds ``bridge run`` waits before restarting a child that exited; doubled for each
+further exit, so a child that cannot start does not spin."""
+RESTART_BACKOFF_CAP = 10.0
+"""No restart of a child waits longer than this."""
+RESTART_RESET_AFTER = 30.0
+"""A child that stayed up this long is healthy again: its next restart waits the base delay."""
+DISPATCHER_MIN_UPTIME = 2.0
+"""A dispatcher that exits sooner than this after its start did not come up."""
+DISPATCHER_MAX_QUICK_EXITS = 5
+"""``bridge run`` gives up (one line naming the dispatcher's log) when the dispatcher
+exits this many times in a row before ``DISPATCHER_MIN_UPTIME``. Workers are always
+restarted: the database makes any number of worker restarts safe."""
+ORPHAN_GRACE = 90.0
+"""If ``bridge run`` dies without stopping its private Redis (``kill -9``), its children
+get SIGTERM from the kernel and stop on their own; the Redis stays up until its last
+client has left (so the workers can report the task they finish), at most this long.
+More than ``STOP_GRACE``: a worker's own retries against a slow Redis come on top."""
+STOP_POLL = 0.1
+"""Seconds between looks at the children while ``bridge run`` stops them."""

@@ -113,6 +113,9 @@ class Lease(SQLModel, table=True):
     name: str = Field(primary_key=True)
     holder: str
     expires_at: float
+    acquired_at: float | None = None
+    """When the current holder took the lease (same clock as ``expires_at``); renewals
+    keep it, so ``bridge status`` can say since when a dispatcher is in charge."""
 
 
 class Meta(SQLModel, table=True):

@@ -2,10 +2,16 @@
 
 Bridge keeps its truth in SQL and uses Redis only as a transport, so a Redis
 that forgets everything on exit is exactly what local runs, demos and tests
-need. This module starts such a server on a free loopback port, with
-persistence switched off, and tears it down again. It can also kill and
-restart the server on the same port, which is how tests simulate a Redis crash
-that loses every queued job.
+need. This module starts such a server with persistence switched off, and
+tears it down again. It can also kill and restart the server at the same
+address, which is how tests simulate a Redis crash that loses every queued job.
+
+Whoever can write to a bridge queue chooses what workers run, so the server
+``bridge run`` starts is ``private=True``: no TCP port at all, a unix socket
+in a fresh 0700 directory, and a random password that is passed in a 0600
+config file (never on the command line, where ``ps`` shows it to everyone)
+and that only :attr:`PrivateRedis.url` carries. Tests use the default mode, a
+free loopback port without a password.
 
 Importing this module has no side effects; nothing is started until
 :meth:`PrivateRedis.start` (or ``with PrivateRedis() as r:``) is called.
@@ -14,14 +20,18 @@ Importing this module has no side effects; nothing is started until
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from types import TracebackType
 
-import redis
+from bridge.broker import connect
+from bridge.defaults import ORPHAN_GRACE
 
 __all__ = ["NO_REDIS_MESSAGE", "PrivateRedis", "find_redis_binary"]
 
@@ -34,6 +44,8 @@ _HOST = "127.0.0.1"
 _START_TIMEOUT = 10.0  # seconds to wait for the first successful PING
 _STOP_TIMEOUT = 5.0  # seconds to wait after SIGTERM before escalating to SIGKILL
 _PORT_ATTEMPTS = 5  # a free port can be taken by someone else before we bind it
+_SOCKET_NAME = "redis.sock"
+_MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
 
 
 def find_redis_binary() -> str | None:
@@ -75,7 +87,13 @@ class PrivateRedis:
     ``binary`` defaults to :func:`find_redis_binary`; ``port`` defaults to a
     free port picked at start; ``directory`` defaults to a fresh temporary
     directory that is deleted again by :meth:`stop` (a directory supplied by
-    the caller is left alone).
+    the caller is left alone). ``private`` listens on a unix socket in a 0700
+    directory only, behind a random password (``port`` and ``directory`` are
+    then ignored). The server runs in its own session, so a Ctrl-C meant for
+    its owner's terminal does not stop it before its owner is done with it.
+    With ``keeper``, should the owner die without stopping it (``kill -9``), a
+    small keeper process stops it once its last client has gone: the owner's
+    workers still need it to report the task they finish on their way out.
     """
 
     def __init__(
@@ -83,27 +101,56 @@ class PrivateRedis:
         binary: str | None = None,
         port: int | None = None,
         directory: str | None = None,
+        *,
+        private: bool = False,
+        keeper: bool = False,
     ) -> None:
         self._binary = binary
-        self._requested_port = port
-        self._port: int | None = port
-        self._directory = directory
+        self._private = private
+        self._want_keeper = keeper
+        self._keeper: tuple[subprocess.Popen[bytes], int] | None = None
+        self._requested_port = None if private else port
+        self._port: int | None = self._requested_port
+        self._directory = None if private else directory
         self._owns_directory = False
+        self._password = secrets.token_urlsafe(32) if private else None
         self._process: subprocess.Popen[bytes] | None = None
 
     # -- public attributes -------------------------------------------------
 
     @property
     def port(self) -> int:
-        """TCP port the server listens on (known once started)."""
+        """TCP port the server listens on (known once started; none when private)."""
         if self._port is None:
-            raise RuntimeError("PrivateRedis has not been started")
+            raise RuntimeError("PrivateRedis has not been started or listens on no port")
         return self._port
 
     @property
+    def socket_path(self) -> str | None:
+        """The unix socket of a private server (known once started)."""
+        if not self._private or self._directory is None:
+            return None
+        return os.path.join(self._directory, _SOCKET_NAME)
+
+    @property
     def url(self) -> str:
-        """Connection URL for database 0, e.g. ``redis://127.0.0.1:6390/0``."""
+        """Connection URL for database 0, e.g. ``redis://127.0.0.1:6390/0``.
+
+        A private server's URL holds its password (``unix://:PASSWORD@/dir/redis.sock?db=0``):
+        pass it to children through their environment only, and print it only
+        through ``bridge.settings.redact_url``.
+        """
+        if self._private:
+            path = self.socket_path
+            if path is None:
+                raise RuntimeError("PrivateRedis has not been started")
+            return f"unix://:{self._password}@{path}?db=0"
         return f"redis://{_HOST}:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running server."""
+        return None if self._process is None else self._process.pid
 
     @property
     def directory(self) -> str | None:
@@ -131,8 +178,14 @@ class PrivateRedis:
             raise RuntimeError(NO_REDIS_MESSAGE)
         self._binary = binary
         if self._directory is None:
-            self._directory = tempfile.mkdtemp(prefix="bridge-redis-")
+            self._directory = _private_directory()
             self._owns_directory = True
+        if self._private:
+            error = self._launch(binary, 0)
+            if not error:
+                return self
+            self._discard_directory()
+            raise RuntimeError(f"redis-server ({binary}) failed to start: {error}")
 
         fixed_port = self._requested_port is not None or self._port is not None
         attempts = 1 if fixed_port else _PORT_ATTEMPTS
@@ -153,6 +206,7 @@ class PrivateRedis:
         SIGTERM first so Redis exits cleanly; SIGKILL if it has not exited
         within a few seconds. Safe to call more than once.
         """
+        self._stop_keeper()
         process, self._process = self._process, None
         _terminate(process)
         self._discard_directory()
@@ -175,7 +229,7 @@ class PrivateRedis:
         models a Redis restart without AOF/RDB: clients that reconnect to the
         same URL see an empty transport.
         """
-        if self._port is None:
+        if self._port is None and not (self._private and self._directory):
             return self.start()
         process, self._process = self._process, None
         _terminate(process)
@@ -196,44 +250,50 @@ class PrivateRedis:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"<PrivateRedis port={self._port} {state}>"
+        where = f"socket={self.socket_path}" if self._private else f"port={self._port}"
+        return f"<PrivateRedis {where} {state}>"
 
     # -- internals ---------------------------------------------------------
 
     def _launch(self, binary: str, port: int) -> str:
-        """Spawn one server on ``port``; return "" on success or a reason."""
+        """Spawn one server on ``port`` (or its socket); return "" on success or a reason."""
         assert self._directory is not None
         logfile = os.path.join(self._directory, "redis.log")
-        args = [
-            binary,
-            "--bind",
-            _HOST,
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            self._directory,
-            "--daemonize",
-            "no",
-            "--protected-mode",
-            "no",
-            "--logfile",
-            logfile,
-        ]
+        config = {
+            "save": '""',
+            "appendonly": "no",
+            "dir": _quote(self._directory),
+            "daemonize": "no",
+            "logfile": _quote(logfile),
+        }
+        if self._private:
+            config.update(
+                port="0",
+                unixsocket=_quote(os.path.join(self._directory, _SOCKET_NAME)),
+                unixsocketperm="700",
+                requirepass=_quote(self._password or ""),
+            )
+            client = connect(self.url, check=False)
+        else:
+            config.update(bind=_HOST, port=str(port), **{"protected-mode": "no"})
+            client = connect(f"redis://{_HOST}:{port}/0", check=False)
+        # The config file, not argv: the command line of any process is public.
+        config_path = os.path.join(self._directory, "redis.conf")
+        descriptor = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.writelines(f"{key} {value}\n" for key, value in config.items())
         try:
             process = subprocess.Popen(
-                args,
+                [binary, config_path],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                start_new_session=True,
             )
         except OSError as exc:
+            client.close()
             return f"cannot execute: {exc}"
 
-        client = redis.Redis(host=_HOST, port=port, socket_connect_timeout=0.5, socket_timeout=1.0)
         deadline = time.monotonic() + _START_TIMEOUT
         try:
             while time.monotonic() < deadline:
@@ -244,21 +304,74 @@ class PrivateRedis:
                     # the same port in the meantime is not mistaken for ours.
                     if client.ping() and client.info("server").get("process_id") == process.pid:
                         self._process = process
+                        if self._want_keeper and self._keeper is None:
+                            self._start_keeper()
                         return ""
-                except redis.RedisError:
+                except Exception:  # any Redis error: not up (or not ours) yet
                     pass
                 time.sleep(0.05)
         finally:
             client.close()
+            if self._private:
+                os.unlink(config_path)  # read at start; the password need not stay on disk
         process.kill()
         process.wait()
         return f"no answer to PING within {_START_TIMEOUT:g}s{_last_log_line(logfile)}"
+
+    def _start_keeper(self) -> None:
+        """A process that waits for EOF on a pipe only this process holds open."""
+        assert self._process is not None and self._directory is not None
+        read_end, write_end = os.pipe()
+        env = {
+            **os.environ,
+            "BRIDGE_KEEPER_URL": self.url,
+            "BRIDGE_KEEPER_DIR": self._directory if self._owns_directory else "",
+        }
+        try:
+            keeper = subprocess.Popen(
+                [sys.executable, "-m", "bridge.redis_server"],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+        os.set_inheritable(write_end, False)
+        self._keeper = (keeper, write_end)
+
+    def _stop_keeper(self) -> None:
+        if self._keeper is not None:
+            keeper, write_end = self._keeper
+            self._keeper = None
+            keeper.kill()
+            keeper.wait()
+            os.close(write_end)
 
     def _discard_directory(self) -> None:
         if self._owns_directory and self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
             self._directory = None
             self._owns_directory = False
+
+
+def _private_directory() -> str:
+    """A fresh 0700 directory whose socket path fits in ``sun_path``."""
+    directory = tempfile.mkdtemp(prefix="bridge-redis-")
+    if len(os.path.join(directory, _SOCKET_NAME)) > _MAX_SOCKET_PATH:
+        os.rmdir(directory)
+        directory = tempfile.mkdtemp(prefix="bridge-redis-", dir="/tmp")
+    os.chmod(directory, 0o700)
+    return directory
+
+
+def _quote(value: str) -> str:
+    """A redis.conf string argument (the format takes C-like escapes in double quotes)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _terminate(process: subprocess.Popen | None) -> None:
@@ -281,3 +394,28 @@ def _last_log_line(logfile: str) -> str:
     except OSError:
         return ""
     return f" ({lines[-1]})" if lines else ""
+
+
+def _keep() -> None:
+    """The keeper's life: wait for the owner to die, then for the server's clients to
+    leave (at most ``ORPHAN_GRACE``), then shut the server down and remove its folder."""
+    url = os.environ.pop("BRIDGE_KEEPER_URL")
+    directory = os.environ.pop("BRIDGE_KEEPER_DIR", "")
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)  # only the owner's end (EOF) counts
+    while sys.stdin.buffer.read(4096):
+        pass
+    client = connect(url, check=False)
+    deadline = time.monotonic() + ORPHAN_GRACE
+    try:
+        while time.monotonic() < deadline and len(client.client_list()) > 1:
+            time.sleep(0.2)
+        client.shutdown(nosave=True)
+    except Exception:
+        pass  # any Redis error: gone already, or gone now
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    _keep()

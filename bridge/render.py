@@ -1,14 +1,21 @@
-"""How tasks, events and slots look on a terminal (rich) and as ``--json``."""
+"""How tasks, events and slots look on a terminal (rich) and as ``--json``.
+
+Task ids, descriptions, errors and outputs are user text: they go into tables as
+``rich.text.Text`` and the consoles here have markup off, so ``x[/y]`` or
+``cannot open [/srv/data]`` print as written instead of being read as markup.
+"""
 
 import json
 from collections.abc import Sequence
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
+from rich.text import Text
 
 from bridge.models import Task, TaskEvent, WorkerSlot
 from bridge.store import task_dict
+from bridge.usecases import GraphProgress, Status, TaskView
 
 STATUS_STYLE = {
     "available": "white",
@@ -21,11 +28,17 @@ STATUS_STYLE = {
 
 
 def console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    """A console that never reads markup from the strings it prints (user text)."""
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, markup=False)
 
 
 def print_json(data: Any) -> None:
-    print(json.dumps(data, ensure_ascii=False, indent=2))
+    print(json.dumps(data, ensure_ascii=False, indent=2), flush=True)
+
+
+def json_line(data: Any) -> str:
+    """One JSON object on one line (``events --follow --json``: a stream of objects)."""
+    return json.dumps(data, ensure_ascii=False)
 
 
 def event_dict(event: TaskEvent) -> dict[str, Any]:
@@ -51,15 +64,19 @@ def slot_dict(slot: WorkerSlot) -> dict[str, Any]:
     }
 
 
-def _status(status: str) -> str:
-    return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
+def _status(status: str) -> Text:
+    return Text(status, style=STATUS_STYLE.get(status, "white"))
 
 
-def _short(text: str | None, width: int = 60) -> str:
+def _short(text: str | None, width: int = 60) -> Text:
     if not text:
-        return ""
+        return Text("")
     line = text.splitlines()[0]
-    return line if len(line) <= width else line[: width - 1] + "…"
+    return Text(line if len(line) <= width else line[: width - 1] + "…")
+
+
+def _text(value: Any) -> Text:
+    return Text("" if value is None else str(value))
 
 
 def tasks_table(tasks: Sequence[Task], title: str | None = None) -> Table:
@@ -70,11 +87,11 @@ def tasks_table(tasks: Sequence[Task], title: str | None = None) -> Table:
         deps = json.loads(task.dependencies or "[]")
         result = task.error if task.error else task.output
         table.add_row(
-            task.id,
+            _text(task.id),
             _status(task.status),
-            task.kind,
+            _text(task.kind),
             f"{task.attempts}/{task.max_attempts}" if task.max_attempts > 1 else str(task.attempts),
-            task.worker or "",
+            _text(task.worker),
             str(len(deps)) if deps else "",
             _short(result),
         )
@@ -86,16 +103,30 @@ def events_table(events: Sequence[TaskEvent]) -> Table:
     for column in ("at", "task", "from", "to", "attempt", "worker", "detail"):
         table.add_column(column, overflow="fold")
     for event in events:
-        table.add_row(
-            event.at[:23],
-            event.task_id,
-            event.from_status or "",
-            _status(event.to_status),
-            str(event.attempt),
-            event.worker or "",
-            _short(event.detail, 80),
-        )
+        table.add_row(*event_row(event))
     return table
+
+
+def event_row(event: TaskEvent) -> list[Text]:
+    return [
+        Text(event.at[:23]),
+        _text(event.task_id),
+        _text(event.from_status),
+        _status(event.to_status),
+        Text(str(event.attempt)),
+        _text(event.worker),
+        _short(event.detail, 80),
+    ]
+
+
+def event_line(event: TaskEvent) -> Text:
+    """One event on one line, for ``events --follow`` (a table cannot grow)."""
+    line = Text()
+    for index, cell in enumerate(event_row(event)):
+        if index:
+            line.append("  ")
+        line.append_text(cell)
+    return line
 
 
 def slots_table(slots: Sequence[WorkerSlot]) -> Table:
@@ -106,53 +137,86 @@ def slots_table(slots: Sequence[WorkerSlot]) -> Table:
         table.add_row(
             str(slot.slot),
             "yes" if slot.active else "no",
-            slot.task_id or "",
-            slot.worker_id or "",
-            (slot.updated_at or "")[:23],
+            _text(slot.task_id),
+            _text(slot.worker_id),
+            _text((slot.updated_at or "")[:23]),
         )
     return table
 
 
-def task_detail(task: Task, dependencies: Sequence[tuple[str, str]]) -> Table:
+def task_detail(view: TaskView) -> Table:
     """``bridge show``: every field, plus why the task is where it is."""
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
-    data = task_dict(task)
-    for key, value in data.items():
+    for key, value in task_dict(view.task).items():
         if key in ("dependencies", "pending_dependencies", "note"):
             continue
         if isinstance(value, (dict, list)):
             value = json.dumps(value, ensure_ascii=False)
+        table.add_row(key, _status(str(value)) if key == "status" else _text(value))
+    if view.dependencies:
         table.add_row(
-            key, _status(str(value)) if key == "status" else ("" if value is None else str(value))
+            "dependencies",
+            Text(", ".join(f"{dep} ({status})" for dep, status in view.dependencies)),
         )
-    if dependencies:
-        table.add_row(
-            "dependencies", ", ".join(f"{dep} ({status})" for dep, status in dependencies)
-        )
-    table.add_row("why", explain(task, dependencies))
+    table.add_row("why", Text(view.why))
     return table
 
 
-def explain(task: Task, dependencies: Sequence[tuple[str, str]]) -> str:
-    """One sentence on why the task is in its state (``bridge show``)."""
-    if task.status == "available":
-        bad = [dep for dep, status in dependencies if status in ("failed", "cancelled")]
-        waiting = [dep for dep, status in dependencies if status != "done"]
-        if bad:
-            return f"blocked: dependency {', '.join(bad)} failed or was cancelled (bridge retry it)"
-        if waiting:
-            return f"waiting for {len(waiting)} dependency(ies): {', '.join(waiting[:5])}"
-        if task.not_before:
-            return task.note or f"retry backoff until {task.not_before[:19]} UTC"
-        return "ready: waiting for a free slot and a running dispatcher"
-    if task.status == "queued":
-        return task.note or "enqueued: waiting for a worker to pick it up"
-    if task.status == "working":
-        return f"running on {task.worker or 'a worker'}"
-    return task.note or {
-        "done": "finished",
-        "failed": "failed with no attempts left",
-        "cancelled": "cancelled",
-    }.get(task.status, "")
+def stuck_lines(state: GraphProgress) -> list[str]:
+    """Lines naming the failed or cancelled tasks that stop the graph."""
+    lines = [
+        f"{p.task_id}: {p.status}" + (f" ({p.error})" if p.error else "") for p in state.problems
+    ]
+    if state.blocked:
+        lines.append(f"{state.blocked} task(s) wait on them; 'bridge retry ID' resumes the graph")
+    return lines
+
+
+def status_view(status: Status) -> Group:
+    """``bridge status``: the dispatcher, the workers, the queue and the counts on one screen."""
+    parts: list[Any] = []
+    head = Table(show_header=False, box=None)
+    head.add_column(style="bold")
+    head.add_column(overflow="fold")
+    head.add_row("database", Text(status.database))
+    head.add_row("redis", Text(status.redis))
+    head.add_row("queue", Text(status.queue))
+    live = [lease for lease in status.dispatchers if lease.live]
+    if live:
+        for lease in live:
+            since = f" since {lease.since} UTC" if lease.since else ""
+            head.add_row(
+                "dispatcher",
+                Text(f"{lease.holder}{since} (lease {lease.name!r}, {lease.expires_in:g}s left)"),
+            )
+    else:
+        lapsed = [lease for lease in status.dispatchers if not lease.live]
+        last = f" (last: {lapsed[-1].holder}, lease lapsed)" if lapsed else ""
+        head.add_row("dispatcher", Text(f"none running{last}", style="red"))
+    head.add_row(
+        "in flight",
+        Text(f"{status.in_flight} task(s), {status.slots_busy}/{status.slots} slot(s) busy"),
+    )
+    head.add_row(
+        "queue depth", Text("unknown" if status.queue_depth is None else str(status.queue_depth))
+    )
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(status.counts.items())) or "no tasks"
+    head.add_row("tasks", Text(f"{status.total}: {counts}" if status.total else counts))
+    parts.append(head)
+    if status.workers is not None:
+        workers = Table(title=f"workers on queue {status.queue!r}: {len(status.workers)}")
+        for column in ("name", "state", "current job", "host", "pid", "last heartbeat"):
+            workers.add_column(column, overflow="fold")
+        for worker in status.workers:
+            workers.add_row(
+                _text(worker.name),
+                _text(worker.state),
+                _text(worker.current_job),
+                _text(worker.hostname),
+                _text(worker.pid),
+                _text((worker.last_heartbeat or "")[:19]),
+            )
+        parts.append(workers)
+    return Group(*parts)

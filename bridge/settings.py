@@ -5,9 +5,10 @@ one ``Settings`` per process and hands it to whatever it starts.
 """
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from bridge.errors import BridgeError
 
@@ -115,15 +116,124 @@ def _int(name: str, text: str) -> int:
         raise SettingsError(f"{name} must be an integer, got {text!r}") from None
 
 
+SECRET_PARAMS = ("password", "passwd", "pwd", "pass", "secret", "token")
+"""Query parameters whose value is a secret: exactly one of these names, or any name
+containing ``password``, ``passwd``, ``secret`` or ``token`` (``sslpassword``...)."""
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://(.*)$", re.DOTALL)
+_REDACTED = "***"
+
+
 def redact_url(url: str) -> str:
-    """A URL fit for logs and messages: any password replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    credentials, at, host = parts.netloc.rpartition("@")
-    if not at or ":" not in credentials:
-        return url
-    user = credentials.split(":", 1)[0]
-    netloc = f"{user}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """A URL fit for logs and messages: every secret it may hold replaced by ``***``.
+
+    Read as a person would, not as one parser does, because a password with ``/``,
+    ``?``, ``#`` or ``@`` makes parsers disagree: everything between ``://`` and the
+    last ``@`` is credentials (the user name before the first ``:`` stays), secret
+    query parameters (``?password=``...) lose their value, a fragment is dropped, and
+    a string without a scheme is not shown at all. What is left is the host, port,
+    path and harmless options, so the message still says where.
+    """
+    match = _SCHEME.match(url)
+    if match is None:
+        return "<redacted>"
+    scheme, rest = match.groups()
+    userinfo: str | None = None
+    if not rest.startswith("/") and "@" in rest:
+        userinfo, rest = rest.rsplit("@", 1)
+    hidden_value_runs_on = userinfo is not None and _ends_in_secret_value(userinfo)
+    rest, _, fragment = rest.partition("#")
+    location, question, query = rest.partition("?")
+    if hidden_value_runs_on:
+        # ``?password=a@b``: the last ``@`` was inside a secret value, whose tail is here.
+        location, question, query = _REDACTED, "", ""
+    shown = f"{scheme}://"
+    if userinfo is not None:
+        user, colon, _ = userinfo.partition(":")
+        if "/" in user or "?" in user or "#" in user:
+            user = _REDACTED  # no user name has these: the split is not where it seems
+        shown += f"{user}:{_REDACTED}@" if colon else f"{user}@"
+    shown += location
+    if question:
+        shown += "?" + _redact_query(query)
+    if fragment:
+        shown += "#" + _REDACTED
+    return shown
+
+
+def redact_text(text: str, *urls: str) -> str:
+    """``text`` (an error message from a driver) with every secret of ``urls`` hidden.
+
+    Drivers quote parts of a URL they could not use ("port could not be cast to
+    integer value as 's3cr3t'"); whichever way they split it, no part of a password
+    may reach a message.
+    """
+    for url in urls:
+        for secret in sorted(_secrets(url), key=len, reverse=True):
+            text = text.replace(secret, _REDACTED)
+        if url in text:
+            text = text.replace(url, redact_url(url))
+    return text
+
+
+def _secrets(url: str) -> set[str]:
+    """Every string that some reading of ``url`` takes for a password or secret value."""
+    found: set[str] = set()
+    match = _SCHEME.match(url)
+    rest = match.group(2) if match else url
+    if "@" in rest:
+        userinfo = rest.rsplit("@", 1)[0]
+        found.add(userinfo.partition(":")[2])
+        first = rest.split("@", 1)[0]  # a parser that stops at the first ``@``
+        found.add(first.partition(":")[2])
+        try:
+            found.add(urlsplit(url).password or "")
+        except ValueError:
+            pass
+    query = rest.partition("?")[2]
+    in_secret = False
+    for item in re.split(r"[&;]", query):
+        name, equals, value = item.partition("=")
+        if equals:
+            in_secret = _is_secret_name(name)
+            if in_secret:
+                found.update((value, value.partition("#")[0]))
+        elif in_secret:
+            found.add(item)
+    pieces = {piece for s in found for piece in re.split(r"[/?#@:&;]", s)}
+    found |= pieces
+    found |= {unquote(s) for s in found}
+    return {s for s in found if len(s) >= 3}
+
+
+def _ends_in_secret_value(text: str) -> bool:
+    """Whether ``text`` ends inside the value of a secret query parameter."""
+    query = text.partition("?")[2]
+    if not query:
+        return False
+    last = re.split(r"[&;]", query)[-1]
+    name, equals, _ = last.partition("=")
+    return bool(equals) and _is_secret_name(name)
+
+
+def _is_secret_name(name: str) -> bool:
+    name = unquote(name).strip().lower()
+    return name in SECRET_PARAMS or any(
+        word in name for word in ("password", "passwd", "secret", "token")
+    )
+
+
+def _redact_query(query: str) -> str:
+    """Secret values hidden; so is an item without ``=`` right after one (``password=a&b``
+    is more likely a password with ``&`` than an option named ``b``)."""
+    items = re.split(r"([&;])", query)
+    in_secret = False
+    for index in range(0, len(items), 2):
+        name, equals, _ = items[index].partition("=")
+        if equals:
+            in_secret = _is_secret_name(name)
+            if in_secret:
+                items[index] = f"{name}={_REDACTED}"
+        elif in_secret:
+            items[index] = _REDACTED
+    return "".join(items)

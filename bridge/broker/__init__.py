@@ -12,6 +12,7 @@ from bridge.broker.dispatching import (
     CancelOutcome,
     Incoming,
     Withdrawal,
+    WorkerInfo,
     nudge_quietly,
 )
 
@@ -22,6 +23,7 @@ __all__ = [
     "CancelOutcome",
     "Incoming",
     "Withdrawal",
+    "WorkerInfo",
     "connect",
     "nudge_quietly",
 ]

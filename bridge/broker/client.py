@@ -12,7 +12,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from bridge.errors import BridgeError
-from bridge.settings import redact_url
+from bridge.settings import redact_text, redact_url
 
 RETRIES = 20
 RETRY_CAP = 1.5
@@ -63,7 +63,7 @@ def connect(url: str, *, check: bool = True, resilient: bool = False) -> redis.R
                 probe.ping()
             except RedisError as exc:
                 raise BrokerError(
-                    f"cannot reach Redis at {redact_url(url)}: {first_line(exc)}"
+                    f"cannot reach Redis at {redact_url(url)}: {redact_text(first_line(exc), url)}"
                 ) from None
             finally:
                 probe.close()
@@ -72,7 +72,9 @@ def connect(url: str, *, check: bool = True, resilient: bool = False) -> redis.R
             options["retry_on_error"] = [RedisConnectionError, RedisTimeoutError]
         return redis.Redis.from_url(url, **options)
     except ValueError as exc:
-        raise BrokerError(f"not a Redis URL: {redact_url(url)} ({first_line(exc)})") from None
+        raise BrokerError(
+            f"not a Redis URL: {redact_url(url)} ({redact_text(first_line(exc), url)})"
+        ) from None
 
 
 def first_line(exc: BaseException) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 from redis.exceptions import RedisError, ResponseError
-from rq import Queue
+from rq import Queue, Worker
 from rq.command import send_stop_job_command
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -74,6 +74,20 @@ class CancelOutcome:
     stopped: bool
     """True when the job will not run to its end (removed, or its worker stops it)."""
     message: str
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One RQ worker as ``bridge status`` shows it."""
+
+    name: str
+    state: str
+    """RQ's word: ``idle``, ``busy``, ``suspended``, ``started``..."""
+    current_job: str | None
+    hostname: str | None
+    pid: int | None
+    last_heartbeat: str | None
+    """ISO time of its last heartbeat to RQ."""
 
 
 class Broker:
@@ -299,6 +313,28 @@ class Broker:
     def nudge(self) -> None:
         """Wake a dispatcher blocked on the stream (new tasks were added)."""
         self.client.xadd(self.keys.reports, {"nudge": "1"})
+
+    # ---- status
+
+    @translated
+    def workers(self, queue: str) -> list["WorkerInfo"]:
+        """The RQ workers registered on ``queue``, alive as far as RQ knows (a worker that
+        stopped heart-beating drops out when its registration key expires)."""
+        infos = []
+        for worker in sorted(Worker.all(queue=self.queue(queue)), key=lambda w: w.name):
+            state = worker.get_state()
+            beat = worker.last_heartbeat
+            infos.append(
+                WorkerInfo(
+                    name=worker.name,
+                    state=str(getattr(state, "value", state)),
+                    current_job=worker.get_current_job_id(),
+                    hostname=worker.hostname,
+                    pid=worker.pid,
+                    last_heartbeat=None if beat is None else beat.isoformat(),
+                )
+            )
+        return infos
 
 
 def _job_data(job: Dispatch) -> Any:

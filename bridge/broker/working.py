@@ -330,6 +330,8 @@ def serve_jobs(
         try:
             return worker.work(burst=burst, logging_level=logging_level, max_jobs=max_jobs)
         except redis.RedisError as exc:
+            if getattr(worker, "_shutdown_requested_date", None) is not None:
+                return True  # asked to stop: do not start over while Redis is away
             log.warning(
                 "lost Redis (%s); starting the worker again in %.0fs",
                 first_line(exc),

@@ -29,7 +29,14 @@ from bridge.store.engine import (
     stamp,
     writing,
 )
-from bridge.store.leases import acquire_lease, holds_lease, lease_holder, release_lease
+from bridge.store.leases import (
+    LeaseInfo,
+    acquire_lease,
+    holds_lease,
+    lease_holder,
+    list_leases,
+    release_lease,
+)
 from bridge.store.reports import Applied, apply_reports
 from bridge.store.schema import namespace, take_tokens
 from bridge.store.tables import EDGES, EVENTS, LEASES, SLOTS, TASKS
@@ -61,6 +68,7 @@ __all__ = [
     "Cleaned",
     "Dispatch",
     "Engine",
+    "LeaseInfo",
     "Progress",
     "Session",
     "StoreError",
@@ -79,6 +87,7 @@ __all__ = [
     "in_flight",
     "lease_holder",
     "list_events",
+    "list_leases",
     "list_slots",
     "list_tasks",
     "namespace",

@@ -1,18 +1,21 @@
 """Opening the database and the transactions every store function runs in."""
 
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlmodel import Session, create_engine
 
 from bridge.defaults import BUSY_TIMEOUT_MS
 from bridge.errors import BridgeError
+from bridge.settings import redact_text, redact_url
 from bridge.store.schema import ensure_schema
 
 
@@ -32,31 +35,56 @@ def stamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def open_engine(url: str) -> Engine:
+def open_engine(url: str, *, create: bool = True) -> Engine:
     """One engine per process, schema created on first use.
 
     SQLite gets WAL (readers never block the dispatcher), a busy timeout, foreign
     keys, and ``BEGIN IMMEDIATE`` for writes so two writers queue on the lock
     instead of failing when one upgrades a read transaction.
+
+    With ``create=False`` (every command but ``add``, ``run`` and ``dispatch``) a
+    database that does not exist is an error instead of a new empty file, and a
+    SQLite file this process cannot write (or whose folder it cannot write) is
+    opened read-only, its schema taken as it is, so it can still be listed.
     """
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise StoreError(f"not a database URL: {url!r}") from None
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise StoreError(
+            f"not a database URL: {redact_url(url)} (e.g. sqlite:///file.db)"
+        ) from None
     is_sqlite = parsed.get_backend_name() == "sqlite"
+    read_only = False
     if is_sqlite:
-        _check_sqlite_path(parsed.database)
-        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
-        _tune_sqlite(engine)
+        database = parsed.database
+        read_only = not create and _must_read_only(database)
+        if not create:
+            _check_exists(database)
+        _check_sqlite_path(database, read_only=read_only)
+        if read_only:
+            engine = _read_only_sqlite(str(database))
+        else:
+            engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+        _tune_sqlite(engine, read_only=read_only)
     else:
         try:
             engine = create_engine(url, pool_pre_ping=True)
         except Exception as exc:  # missing driver, bad options
-            raise StoreError(f"cannot use database {url!r}: {exc}") from None
+            raise StoreError(
+                f"cannot use database {redact_url(url)}: {redact_text(str(exc), url)}"
+            ) from None
     try:
-        ensure_schema(engine)
+        if not create and not is_sqlite and not inspect(engine).has_table("tasks"):
+            raise StoreError(
+                f"no bridge tables in database {redact_url(url)}"
+                " (bridge add or bridge run creates them)"
+            )
+        if not read_only:  # a complete schema is only read; an older one is brought up to date
+            ensure_schema(engine)
     except OperationalError as exc:
-        raise StoreError(f"cannot open database {_where(url)}: {exc.orig}") from None
+        raise StoreError(
+            f"cannot open database {_where(url)}: {redact_text(str(exc.orig), url)}"
+        ) from None
     return engine
 
 
@@ -64,12 +92,49 @@ def _where(url: str) -> str:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return repr(parsed.database or ":memory:")
-    return repr(parsed.render_as_string(hide_password=True))
+    return redact_url(url)
 
 
-def _check_sqlite_path(database: str | None) -> None:
-    if not database or database == ":memory:" or database.startswith("file:"):
+def _is_file(database: str | None) -> bool:
+    return bool(database) and database != ":memory:" and not str(database).startswith("file:")
+
+
+def _check_exists(database: str | None) -> None:
+    if _is_file(database) and not os.path.isfile(str(database)):
+        shown = str(database)
+        if not os.path.isabs(shown) and not shown.startswith("."):
+            shown = os.path.join(".", shown)
+        raise StoreError(f"no database at {shown} (bridge add or bridge run creates it)")
+
+
+def _must_read_only(database: str | None) -> bool:
+    """Whether an existing SQLite file can only be read here (file or folder not writable)."""
+    if not _is_file(database):
+        return False
+    folder = os.path.dirname(os.path.abspath(str(database)))
+    return not os.access(str(database), os.W_OK) or not os.access(folder, os.W_OK | os.X_OK)
+
+
+def _read_only_sqlite(database: str) -> Engine:
+    """An engine that can only read: ``mode=ro``, and ``immutable`` when the folder cannot
+    hold the WAL index SQLite would otherwise need to create."""
+    path = os.path.abspath(database)
+    folder_writable = os.access(os.path.dirname(path), os.W_OK | os.X_OK)
+    options = "mode=ro" if folder_writable or os.path.exists(f"{path}-shm") else "immutable=1"
+    uri = f"file:{quote(path)}?{options}"
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(
+            uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+        )
+
+    return create_engine("sqlite://", creator=connect)
+
+
+def _check_sqlite_path(database: str | None, *, read_only: bool = False) -> None:
+    if not _is_file(database):
         return
+    database = str(database)
     try:
         folder = os.path.dirname(os.path.abspath(database))
     except OSError as exc:  # the working directory itself is gone
@@ -79,9 +144,11 @@ def _check_sqlite_path(database: str | None) -> None:
     if not os.path.isdir(folder):
         raise StoreError(f"cannot open database {database!r}: directory {folder!r} does not exist")
     if os.path.exists(database):
-        if not os.access(database, os.R_OK | os.W_OK):
+        wanted = os.R_OK if read_only else os.R_OK | os.W_OK
+        if not os.access(database, wanted):
             raise StoreError(
-                f"cannot open database {database!r}: file is not readable and writable"
+                f"cannot open database {database!r}: file is not readable"
+                + ("" if read_only else " and writable")
             )
     elif not os.access(folder, os.W_OK | os.X_OK):
         raise StoreError(
@@ -89,14 +156,15 @@ def _check_sqlite_path(database: str | None) -> None:
         )
 
 
-def _tune_sqlite(engine: Engine) -> None:
+def _tune_sqlite(engine: Engine, *, read_only: bool = False) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = NORMAL")
+        if not read_only:  # a journal mode is written to the file
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 

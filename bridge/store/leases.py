@@ -1,6 +1,8 @@
 """Named leases: one dispatcher at a time per queue."""
 
-from sqlalchemy import delete, insert, select, update
+from dataclasses import dataclass
+
+from sqlalchemy import case, delete, func, insert, select, update
 from sqlmodel import Session
 
 from bridge.store.tables import LEASES
@@ -13,14 +15,24 @@ def acquire_lease(*, session: Session, name: str, holder: str, ttl: float, clock
         update(LEASES)
         .where(LEASES.c.name == name)
         .where((LEASES.c.holder == holder) | (LEASES.c.expires_at < clock))
-        .values(holder=holder, expires_at=clock + ttl)
+        .values(
+            holder=holder,
+            expires_at=clock + ttl,
+            # SET reads the row as it was: a renewal keeps the time the holder took it.
+            acquired_at=case(
+                (LEASES.c.holder == holder, func.coalesce(LEASES.c.acquired_at, clock)),
+                else_=clock,
+            ),
+        )
     ).rowcount
     if changed:
         return True
     exists = conn.execute(select(LEASES.c.holder).where(LEASES.c.name == name)).first()
     if exists is not None:
         return False
-    conn.execute(insert(LEASES).values(name=name, holder=holder, expires_at=clock + ttl))
+    conn.execute(
+        insert(LEASES).values(name=name, holder=holder, expires_at=clock + ttl, acquired_at=clock)
+    )
     return True
 
 
@@ -51,3 +63,21 @@ def lease_holder(*, session: Session, name: str) -> tuple[str, float] | None:
         .first()
     )
     return None if row is None else (row.holder, row.expires_at)
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    name: str
+    holder: str
+    acquired_at: float | None
+    """Seconds on the dispatcher's clock (``time.time()``) when ``holder`` took it."""
+    expires_at: float
+
+
+def list_leases(*, session: Session, prefix: str = "") -> list[LeaseInfo]:
+    """Every lease whose name starts with ``prefix``, expired ones included."""
+    query = select(LEASES.c.name, LEASES.c.holder, LEASES.c.acquired_at, LEASES.c.expires_at)
+    if prefix:
+        query = query.where(LEASES.c.name.startswith(prefix, autoescape=True))
+    rows = session.connection().execute(query.order_by(LEASES.c.name))
+    return [LeaseInfo(r.name, r.holder, r.acquired_at, r.expires_at) for r in rows]

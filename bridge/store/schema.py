@@ -16,6 +16,7 @@ META = Meta.__table__
 
 _ADDED_COLUMNS = {
     "tasks": {"queue": "TEXT NOT NULL DEFAULT 'bridge'"},
+    "leases": {"acquired_at": "REAL"},
 }
 """Columns added since 0.1.0, with their DDL for ``ALTER TABLE ... ADD COLUMN``."""
 

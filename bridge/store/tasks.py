@@ -137,10 +137,15 @@ def list_tasks(*, session: Session, status: TaskStatus | None = None) -> list[Ta
     return list(session.execute(query).scalars())
 
 
-def list_events(*, session: Session, task_id: str | None = None) -> list[TaskEvent]:
+def list_events(
+    *, session: Session, task_id: str | None = None, after: int | None = None
+) -> list[TaskEvent]:
+    """Events in order; ``after`` an event id, only the newer ones (``events --follow``)."""
     query = select(TaskEvent).order_by(EVENTS.c.id)
     if task_id is not None:
         query = query.where(EVENTS.c.task_id == task_id)
+    if after is not None:
+        query = query.where(EVENTS.c.id > after)
     return list(session.execute(query).scalars())
 
 
@@ -198,17 +203,38 @@ class Progress:
         return bad > 0 and in_flight == 0 and self.ready == 0
 
 
-def progress(*, session: Session) -> Progress:
-    counts = {
-        status: n
-        for status, n in session.execute(
-            select(TASKS.c.status, func.count()).group_by(TASKS.c.status)
+def progress(*, session: Session, task_ids: Sequence[str] | None = None) -> Progress:
+    """Counts by status, and how many tasks could start now: over every task, or
+    only over ``task_ids`` (``bridge run FILE`` judges FILE's tasks alone)."""
+    if task_ids is None:
+        counts = {
+            status: n
+            for status, n in session.execute(
+                select(TASKS.c.status, func.count()).group_by(TASKS.c.status)
+            )
+        }
+        ready = session.execute(
+            text("SELECT count(*) FROM tasks WHERE status = 'available' AND pending_deps = 0")
+        ).scalar()
+        return Progress(counts=counts, ready=int(ready or 0))
+    counts = {}
+    ready = 0
+    for chunk in _chunks(sorted(set(task_ids))):
+        query = (
+            select(TASKS.c.status, func.count())
+            .where(TASKS.c.id.in_(chunk))
+            .group_by(TASKS.c.status)
         )
-    }
-    ready = session.execute(
-        text("SELECT count(*) FROM tasks WHERE status = 'available' AND pending_deps = 0")
-    ).scalar()
-    return Progress(counts=counts, ready=int(ready or 0))
+        for status, n in session.execute(query):
+            counts[status] = counts.get(status, 0) + n
+        ready += session.execute(
+            select(func.count()).where(
+                TASKS.c.id.in_(chunk),
+                TASKS.c.status == TaskStatus.AVAILABLE.value,
+                TASKS.c.pending_deps == 0,
+            )
+        ).scalar_one()
+    return Progress(counts=counts, ready=ready)
 
 
 def task_dict(task: Task) -> dict[str, Any]:

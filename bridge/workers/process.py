@@ -2,8 +2,15 @@
 
 from bridge.broker import connect
 from bridge.broker.working import serve_jobs
-from bridge.settings import Settings
+from bridge.errors import BridgeError
+from bridge.settings import Settings, redact_url
 from bridge.workers.registry import load_modules
+
+_NAME_TAKEN = "There exists an active worker named"  # RQ's ValueError at register_birth
+
+
+class WorkerNameTaken(BridgeError):
+    """``--name`` names a worker that is registered alive on this Redis."""
 
 
 def run_worker(
@@ -21,12 +28,19 @@ def run_worker(
     """
     load_modules(settings.handlers)
     client = connect(settings.redis_url, resilient=True)
-    return serve_jobs(
-        client,
-        [settings.queue],
-        mode=settings.worker_class,
-        name=name,
-        burst=burst,
-        logging_level=logging_level,
-        max_jobs=max_jobs,
-    )
+    try:
+        return serve_jobs(
+            client,
+            [settings.queue],
+            mode=settings.worker_class,
+            name=name,
+            burst=burst,
+            logging_level=logging_level,
+            max_jobs=max_jobs,
+        )
+    except ValueError as exc:
+        if name is None or not str(exc).startswith(_NAME_TAKEN):
+            raise
+        raise WorkerNameTaken(
+            f"a worker named {name!r} is already running on {redact_url(settings.redis_url)}"
+        ) from None

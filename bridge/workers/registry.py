@@ -6,6 +6,8 @@ import time, so a typo shows at start-up rather than when the task runs.
 """
 
 import importlib
+import os
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -63,8 +65,19 @@ def registered() -> list[str]:
 
 
 def load_modules(modules: Iterable[str]) -> None:
-    """Import the user's handler modules (``BRIDGE_HANDLERS``), failing loudly."""
+    """Import the user's handler modules (``BRIDGE_HANDLERS``), failing loudly.
+
+    The working directory goes first on ``sys.path``, as ``rq worker`` does with
+    its ``--path .``: the ``bridge`` console script's path holds only its own
+    folder, so ``BRIDGE_HANDLERS=myproject.handlers`` run from the project
+    folder would not import otherwise.
+    """
     _load_builtins()
+    modules = list(modules)
+    if modules:
+        cwd = os.getcwd()
+        if not sys.path or sys.path[0] != cwd:
+            sys.path.insert(0, cwd)
     for module in modules:
         try:
             importlib.import_module(module)

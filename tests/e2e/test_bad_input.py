@@ -267,7 +267,11 @@ def test_unreachable_redis_names_the_url(
         pytest.param("missing", ["add", "x"], ["does not exist"], id="directory-missing"),
         pytest.param("file-parent", ["add", "x"], ["cannot open database"], id="parent-is-a-file"),
         pytest.param(
-            "proc", ["list"], ["cannot open database", "/proc/bridge-test.db"], id="in-proc"
+            "proc", ["add", "x"], ["cannot open database", "/proc/bridge-test.db"], id="in-proc"
+        ),
+        pytest.param("proc", ["list"], ["no database at /proc/bridge-test.db"], id="list-in-proc"),
+        pytest.param(
+            "missing", ["list"], ["no database at", "bridge add or bridge run"], id="list-missing"
         ),
     ],
 )

@@ -67,14 +67,19 @@ def test_a_graph_runs_over_tls_with_a_password_that_is_never_printed(
     graph = tmp_path / "g.json"
     graph.write_text(
         json.dumps(
-            [{"id": "a", "kind": "echo", "payload": "x"}, {"id": "b", "dependencies": ["a"]}]
+            [
+                {"id": "a", "kind": "echo", "payload": "x"},
+                {"id": "b", "dependencies": ["a"]},
+                # one failure, so that bridge run keeps its process logs for us to read
+                {"id": "c", "kind": "fail"},
+            ]
         )
     )
     # When the graph runs through it
     result = bridge("run", str(graph), env=env, cwd=tmp_path, timeout=120)
     # Then it finishes, and the password appears nowhere
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "summary: 2 done" in result.stdout
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "summary: 2 done, 1 failed" in result.stdout
     assert PASSWORD not in result.stdout + result.stderr
     logs = list(tmp_path.glob("bridge-run-*/*.log"))
     assert len(logs) == 3  # the dispatcher's and two workers'
