@@ -32,6 +32,10 @@ def test_a_running_task_survives_a_redis_restart_that_keeps_its_data(
     client.save()
     client.close()
     redis_server.restart()
+    job_id = bridge_json("show", "t", env=env)["job_id"]
+    client = redis.Redis.from_url(redis_server.url)
+    assert client.exists(f"rq:job:{job_id}"), "the restarted Redis did not load its snapshot"
+    client.close()
     # Then the handler runs to its end and the task is done, not failed as a lost worker
     final = {"done", "failed"}
     wait_until(lambda: bridge_json("show", "t", env=env)["status"] in final, timeout=60)

@@ -49,7 +49,7 @@ def test_a_fence_seen_after_the_horse_died_does_not_kill_the_worker(
     horse = int(subprocess.check_output(["pgrep", "-P", str(worker.pid)]).split()[0])
     # When the attempt is fenced (cancelled), Redis stalls, and the horse dies meanwhile
     client.set(keys.fence(JOB_ID), "1")
-    server = redis_server._process.pid
+    server = redis_server.pid
     os.kill(server, signal.SIGSTOP)
     try:
         os.kill(horse, signal.SIGKILL)
