@@ -99,6 +99,7 @@ class Dispatcher:
         if not self._wait_for_lease(once=once):
             return totals
         try:
+            self._claim_namespace(wait=not once)
             self.broker.claim_queues(self._queues)
             started = False
             failures = 0
@@ -112,13 +113,19 @@ class Dispatcher:
                         break
                     self._maintain(totals)
                     failures = 0
-                except (BrokerUnavailable, store.StoreError) as exc:
+                except (BrokerUnavailable, store.StoreError, ValueError, LookupError) as exc:
+                    # Redis or the database failing, or something in Redis that no code of
+                    # ours wrote (a record another program changed): log, back off, go on.
                     if once:
                         raise
                     failures += 1
                     pause = min(DATABASE_RETRY_CAP, DATABASE_RETRY * 2 ** min(failures - 1, 8))
-                    what = "Redis" if isinstance(exc, BrokerUnavailable) else "the database"
-                    log.warning("%s failed (%s); trying again in %.0fs", what, exc, pause)
+                    if isinstance(exc, BrokerUnavailable):
+                        log.warning("Redis failed (%s); trying again in %.0fs", exc, pause)
+                    elif isinstance(exc, store.StoreError):
+                        log.warning("the database failed (%s); trying again in %.0fs", exc, pause)
+                    else:
+                        log.exception("unexpected error; trying again in %.0fs", pause)
                     self.broker.reread_pending()
                     self._claim_wanted = True
                     self._wakeup_stale = True
@@ -237,28 +244,34 @@ class Dispatcher:
             return
         try:
             self.broker.claim_queues(self._queues)
+            other = self.broker.claim_namespace(self.name, LEASE_TTL)
+            if other is not None:
+                raise BrokerError(_copy_message(self.broker.namespace, other))
         except BrokerError as exc:
             if isinstance(exc, BrokerUnavailable):
                 raise
             log.error("%s", exc)
         run_id = self.broker.run_id()
         if run_id != self._run_id:
-            log.warning("Redis restarted (run id changed): re-dispatching everything in flight")
+            # What Redis lost shows as lost jobs (sent again); what it kept (a Redis with
+            # persistence) or what a worker still runs (its heartbeat is back) goes on.
+            log.warning("Redis restarted (run id changed): judging everything in flight now")
             self._run_id = run_id
             self.broker.ensure_group()
-            totals.recovered += self.reconcile(grace=0.0, everything=True)
+            totals.recovered += self.reconcile(grace=0.0)
         else:
             totals.recovered += self.reconcile(grace=LOST_JOB_GRACE)
 
-    def reconcile(self, *, grace: float, everything: bool = False) -> int:
+    def reconcile(self, *, grace: float) -> int:
         """Resolve every task in flight that Redis disagrees with (``recovery.judge``).
 
         Every pending report is applied first. Lost jobs are sent again as a new
         attempt; attempts whose worker died or hung are failed (and retried if
         attempts are left). Each replaced attempt is fenced off in Redis before
         anything else happens to it; one that a live worker turns out to be running
-        is left alone. With ``everything`` (Redis restarted: its view of any job is
-        worthless) all are sent again. Returns how many tasks it acted on.
+        is left alone (a hung one past its timeout is stopped). Reports that arrived
+        while it judged are applied before any verdict is written. Returns how many
+        tasks it acted on.
         """
         self.drain()
         with store.reading(self.engine) as session:
@@ -279,26 +292,38 @@ class Dispatcher:
         moment = datetime.now(timezone.utc)
         resend: list[tuple[Flight, str]] = []
         failing: list[tuple[Flight, str]] = []
+        stopping: set[str | None] = set()
         for flight in flights:
             job = jobs.get(flight.job_id or "", JobState(exists=False))
-            if everything:
-                verdict: Verdict | None = Verdict(True, "re-dispatched: Redis restarted")
-            elif flight.job_id and f"-{self.broker.namespace}-t" not in flight.job_id:
+            verdict: Verdict | None
+            if flight.job_id and f"-{self.broker.namespace}-t" not in flight.job_id:
                 # Sent by a bridge before fencing tokens: today's workers refuse its job.
                 verdict = Verdict(True, "re-dispatched: its job was sent by an older bridge")
             else:
                 verdict = judge(flight, job, now=moment, limits=limits)
             if verdict is not None:
                 (resend if verdict.redispatch else failing).append((flight, verdict.reason))
+                if verdict.stop:
+                    stopping.add(flight.job_id)
         if not (resend or failing) or not self._lease_valid():
             return 0
         running = self.broker.supersede(
             [Withdrawal(f.job_id, f.queue) for f, _ in resend if f.job_id]
         ) | self.broker.supersede(
-            [Withdrawal(f.job_id, f.queue) for f, _ in failing if f.job_id], withdraw=False
+            [Withdrawal(f.job_id, f.queue) for f, _ in failing if f.job_id not in stopping],
+            withdraw=False,
+        )
+        self.broker.supersede(
+            [Withdrawal(f.job_id, f.queue) for f, _ in failing if f.job_id in stopping],
+            withdraw=False,
+            force=True,
         )
         resend = [(f, r) for f, r in resend if f.job_id not in running]
-        failing = [(f, r) for f, r in failing if f.job_id not in running]
+        failing = [(f, r) for f, r in failing if f.job_id in stopping or f.job_id not in running]
+        # A job that ended between the look and the fence has published its report
+        # (workers report before they drop the heartbeat): apply it before any verdict.
+        # Verdicts below re-check the job id and status, so a task it finished is left be.
+        self.drain()
         groups: dict[str, list[Flight]] = {}
         for flight, reason in resend:
             groups.setdefault(reason, []).append(flight)
@@ -376,7 +401,24 @@ class Dispatcher:
         self._lease_until = clock + LEASE_TTL if ok else 0.0
         return ok
 
+    def _claim_namespace(self, *, wait: bool) -> None:
+        """Refuse to serve a namespace another live dispatcher serves: that one works for a
+        different file with this database's identity (a copy). A predecessor that died
+        holding it lets go within ``LEASE_TTL``, so wait that long before refusing."""
+        deadline = time.monotonic() + (LEASE_TTL + 1.0 if wait else 0.0)
+        while True:
+            other = self.broker.claim_namespace(self.name, LEASE_TTL)
+            if other is None:
+                return
+            if time.monotonic() >= deadline or self.stop_event.is_set():
+                raise BrokerError(_copy_message(self.broker.namespace, other))
+            self.stop_event.wait(0.5)
+
     def _release(self) -> None:
+        try:
+            self.broker.release_namespace(self.name)
+        except BrokerError as exc:
+            log.warning("could not release the namespace: %s", exc)
         try:
             self.broker.release_queues(self._queues)
         except BrokerError as exc:
@@ -393,6 +435,14 @@ class Dispatcher:
         totals.ignored += stats.ignored
         totals.dispatched += stats.dispatched
         totals.recovered += stats.recovered
+
+
+def _copy_message(namespace: str, other: str) -> str:
+    return (
+        f"dispatcher {other} already serves this database's Redis namespace {namespace}"
+        " from another database file: this file is a copy of that database (same identity);"
+        " a copy must not be dispatched on the same Redis as its original"
+    )
 
 
 def _parse(moment: str) -> datetime:

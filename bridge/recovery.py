@@ -44,6 +44,8 @@ class JobState:
     """Seconds the dispatcher has seen it picked and not started (None: not picked)."""
     heartbeat: bool = False
     """The worker process watching it renewed its heartbeat within the TTL."""
+    refused: bool = False
+    """A worker refused the job unrun (its record was changed into something unreadable)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class Verdict:
     redispatch: bool
     """True: send again as a new attempt (not a failure). False: fail this attempt."""
     reason: str
+    stop: bool = False
+    """The attempt is alive and must be stopped (fenced even though it runs)."""
 
 
 @dataclass(frozen=True)
@@ -68,9 +72,13 @@ class Limits:
 
 
 def parse_time(text: str | None) -> datetime | None:
+    """A stored or RQ time; None when absent or unreadable (Redis may hold anything)."""
     if not text:
         return None
-    return datetime.fromisoformat(text.replace("Z", "")).replace(tzinfo=timezone.utc)
+    try:
+        return datetime.fromisoformat(text.replace("Z", "")).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
 
 
 def _older(moment: datetime | None, now: datetime, seconds: float) -> bool:
@@ -90,6 +98,8 @@ def judge(flight: Flight, job: JobState, *, now: datetime, limits: Limits) -> Ve
         return None
     if not job.exists:
         return Verdict(True, "re-dispatched: its job was lost by Redis")
+    if job.refused:
+        return Verdict(True, "re-dispatched: a worker refused its job record as unreadable")
     if job.status == "finished":
         if _older(job.ended_at, now, limits.report_grace):
             return Verdict(
@@ -106,6 +116,7 @@ def judge(flight: Flight, job: JobState, *, now: datetime, limits: Limits) -> Ve
                     False,
                     f"TimeoutError: still working {limits.timeout_margin:g}s past"
                     f" its timeout of {flight.timeout:g}s",
+                    stop=True,
                 )
         return None
     if job.status in ("failed", "stopped", "canceled"):

@@ -164,7 +164,7 @@ def clean(app: App) -> Cleaned:
 def _fence_out(broker: Broker, in_flight: Sequence[tuple[str, str]]) -> None:
     """The one place clean talks to Redis: every attempt in flight is fenced off (none
     starts, a running one is stopped); tokens are never reused, so none can match later."""
-    broker.supersede([Withdrawal(job, queue) for job, queue in in_flight])
+    broker.supersede([Withdrawal(job, queue) for job, queue in in_flight], force=True)
 
 
 # ------------------------------------------------------------------------------ reading

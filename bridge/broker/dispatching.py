@@ -34,8 +34,10 @@ OWNER_TTL = 30
 """Seconds a dispatcher's claim on a queue lasts unless renewed."""
 
 _SUPERSEDE = """
+local alive = redis.call('EXISTS', KEYS[2])
+if alive == 1 and ARGV[4] ~= '1' then return 1 end
 redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])
-if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
+if alive == 1 then return 1 end
 if ARGV[3] == '1' then
   redis.call('LREM', KEYS[4], 0, ARGV[1])
   redis.call('LREM', KEYS[5], 0, ARGV[1])
@@ -43,10 +45,13 @@ if ARGV[3] == '1' then
 end
 return 0
 """
-"""Fence one attempt off; then, unless a worker is running it right now (its heartbeat
-is alive: returns 1), withdraw it: out of the queue, out of a worker's hands, job
-record deleted. The mark comes first, so a worker taking the job at this moment
-finds it and drops the job instead of starting it."""
+"""Fence one attempt off, unless a worker is running it right now (its heartbeat is
+alive: returns 1, and the attempt is left untouched, so it runs on and reports);
+with ``force`` (cancel, clean, a timeout) a running attempt is fenced too, and its
+worker stops it. A fenced attempt that no worker runs is withdrawn: out of the
+queue, out of a worker's hands, job record deleted. Admission is a script too, so a
+worker taking the job at this moment either finds the mark (and drops the job) or has
+set its heartbeat first (and the job is left alone)."""
 
 _CLAIM_QUEUE = """
 local owner = redis.call('GET', KEYS[1])
@@ -126,6 +131,20 @@ class Broker:
                 )
 
     @translated
+    def claim_namespace(self, holder: str, ttl: float) -> str | None:
+        """Mark ``holder`` as the dispatcher of this namespace for ``ttl`` seconds; returns
+        the name of another live holder instead, if there is one."""
+        owner = self._claim_queue(keys=[self.keys.dispatcher], args=[holder, max(1, int(ttl))])
+        if owner:
+            return owner.decode() if isinstance(owner, bytes) else str(owner)
+        return None
+
+    @translated
+    def release_namespace(self, holder: str) -> None:
+        if self.client.get(self.keys.dispatcher) == holder.encode():
+            self.client.delete(self.keys.dispatcher)
+
+    @translated
     def release_queues(self, names: Iterable[str]) -> None:
         for name in names:
             key = queue_owner(name)
@@ -166,14 +185,18 @@ class Broker:
         with self.client.pipeline(transaction=True) as pipe:
             for job_id, queue in jobs:
                 rq_queue = self.queue(queue)
-                pipe.hmget(Job.key_for(job_id), "status", "started_at", "ended_at")
+                pipe.hmget(
+                    Job.key_for(job_id), "status", "started_at", "ended_at", "bridge_refused"
+                )
                 pipe.lpos(rq_queue.key, job_id)
                 pipe.lpos(rq_queue.intermediate_queue_key, job_id)
                 pipe.exists(self.keys.alive(job_id))
             answers = pipe.execute()
         states = {}
         for index, (job_id, _queue) in enumerate(jobs):
-            (status, started, ended), in_queue, picked, alive = answers[index * 4 : index * 4 + 4]
+            (status, started, ended, refused), in_queue, picked, alive = answers[
+                index * 4 : index * 4 + 4
+            ]
             states[job_id] = JobState(
                 exists=status is not None,
                 status=status.decode() if status else None,
@@ -182,17 +205,22 @@ class Broker:
                 waiting=in_queue is not None,
                 picked=picked is not None,
                 heartbeat=bool(alive),
+                refused=refused is not None,
             )
         return states
 
     @translated
-    def supersede(self, jobs: Sequence[Withdrawal], *, withdraw: bool = True) -> set[str]:
+    def supersede(
+        self, jobs: Sequence[Withdrawal], *, withdraw: bool = True, force: bool = False
+    ) -> set[str]:
         """Fence attempts off before their successors are sent (or their failure recorded).
 
-        Each gets its mark first; then, with ``withdraw``, a job no worker is running
-        is taken out of its queue and its record deleted. Returns the job ids that a
-        worker is running right now (heartbeat alive): those are not superseded, the
-        caller leaves them be (their worker will report).
+        Returns the job ids that a worker is running right now (heartbeat alive).
+        Without ``force`` those are left untouched, not superseded: the caller leaves
+        them be, and their worker will report. With ``force`` they are fenced as well,
+        and their worker stops them (forking worker) at its next heartbeat. With
+        ``withdraw``, a fenced job that no worker runs is taken out of its queue and
+        its record deleted.
         """
         if not jobs:
             return set()
@@ -207,7 +235,7 @@ class Broker:
                         rq_queue.key,
                         rq_queue.intermediate_queue_key,
                     ],
-                    args=[job.job_id, FENCE_TTL, "1" if withdraw else "0"],
+                    args=[job.job_id, FENCE_TTL, "1" if withdraw else "0", "1" if force else "0"],
                     client=pipe,
                 )
             answers = pipe.execute()
@@ -227,7 +255,7 @@ class Broker:
         worker kills the work horse at once, or at its next heartbeat); on a simple
         worker nothing can stop it, so it runs to its end and its result is ignored.
         """
-        running = self.supersede([Withdrawal(job_id, queue)])
+        running = self.supersede([Withdrawal(job_id, queue)], force=True)
         if job_id not in running:
             return CancelOutcome(True, "its job was removed from the queue before it started")
         holder = self.client.get(self.keys.alive(job_id))

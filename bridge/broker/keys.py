@@ -26,6 +26,12 @@ class Keys:
         worker is dead or paused past the heartbeat limit. Value: ``mode:worker``."""
         return f"{self.prefix}:alive:{job_id}"
 
+    @property
+    def dispatcher(self) -> str:
+        """Which dispatcher serves this namespace now (value: its name). Two live holders
+        mean two database files with one identity: a copy."""
+        return f"{self.prefix}:dispatcher"
+
     def fence(self, job_id: str) -> str:
         """Set when an attempt is superseded or cancelled: a worker never starts a job
         that has it, and stops a running one at its next heartbeat."""

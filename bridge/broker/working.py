@@ -32,6 +32,7 @@ from rq.queue import Queue
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import import_attribute
+from rq.utils import now as rq_now
 
 from bridge.broker.client import first_line
 from bridge.broker.keys import Keys
@@ -181,7 +182,7 @@ return 1
             except Exception as exc:  # Redis gone for a moment: the outcome report will tell
                 log.debug("heartbeat for %s failed: %s", self.dispatch.job_id, exc)
                 continue
-            if not alive and not fenced:
+            if not alive and not fenced and not self._done.is_set():
                 fenced = True
                 self.stop_job()
 
@@ -201,6 +202,25 @@ class _BridgeWorkerMixin:
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
         self._admit = self.connection.register_script(_ADMIT)
         self._watch: Watch | None = None
+
+    def run_maintenance_tasks(self) -> None:
+        """RQ's housekeeping (registries, the intermediate list) reads every job record it
+        finds; one that anybody wrote badly must not stop the worker: log it and go on."""
+        try:
+            super().run_maintenance_tasks()  # type: ignore[misc]
+        except redis.RedisError:
+            raise
+        except Exception as exc:
+            log.warning("RQ housekeeping skipped a record it cannot read: %s", first_line(exc))
+
+    def clean_registries(self) -> None:
+        try:
+            super().clean_registries()  # type: ignore[misc]
+        except redis.RedisError:
+            raise
+        except Exception as exc:
+            log.warning("RQ registry cleaning skipped a record it cannot read: %s", first_line(exc))
+            self.last_cleaned_at = rq_now()  # try again at the next interval, not at once
 
     def dequeue_job_and_maintain_ttl(self, *args: Any, **kwargs: Any) -> Any:
         """RQ's dequeue, but a job that cannot even be loaded is refused, not fatal."""
@@ -264,6 +284,7 @@ class _BridgeWorkerMixin:
                 mapping={
                     "status": JobStatus.FAILED.value,
                     "exc_info": f"refused by bridge: {reason}",
+                    "bridge_refused": reason[:200],
                     "ended_at": utc_now().replace(" ", "T") + "Z",
                 },
             )

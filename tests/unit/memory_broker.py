@@ -45,6 +45,12 @@ class MemoryBroker:
     def release_queues(self, names: Iterable[str]) -> None:
         self.calls.append("release_queues")
 
+    def claim_namespace(self, holder: str, ttl: float) -> str | None:
+        return None
+
+    def release_namespace(self, holder: str) -> None:
+        pass
+
     def ensure_group(self) -> None:
         pass
 
@@ -83,14 +89,19 @@ class MemoryBroker:
             )
         return states
 
-    def supersede(self, jobs: Sequence[Withdrawal], *, withdraw: bool = True) -> set[str]:
+    def supersede(
+        self, jobs: Sequence[Withdrawal], *, withdraw: bool = True, force: bool = False
+    ) -> set[str]:
         running = set()
         for job in jobs:
             self.calls.append(f"supersede {job.job_id}")
-            self.fenced.add(job.job_id)
             if job.job_id in self.alive:
                 running.add(job.job_id)
-            elif withdraw:
+                if force:
+                    self.fenced.add(job.job_id)
+                continue
+            self.fenced.add(job.job_id)
+            if withdraw:
                 self.jobs.pop(job.job_id, None)
                 if job.job_id in self.queues.get(job.queue, []):
                     self.queues[job.queue].remove(job.job_id)

@@ -107,9 +107,9 @@ def test_an_attempt_whose_worker_is_alive_again_is_not_replaced(setup):
     broker.queues["bridge"].clear()  # "left the queue without running" ...
     real_supersede = broker.supersede
 
-    def supersede_while_it_starts(jobs, *, withdraw=True):
+    def supersede_while_it_starts(jobs, *, withdraw=True, force=False):
         broker.alive.add(job_id)  # ... but the worker starts it right now
-        return real_supersede(jobs, withdraw=withdraw)
+        return real_supersede(jobs, withdraw=withdraw, force=force)
 
     broker.supersede = supersede_while_it_starts
     assert d.reconcile(grace=0.0) == 0
