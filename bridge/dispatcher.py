@@ -78,6 +78,9 @@ class Dispatcher:
         self._wakeup_stale = True
         self._picked_since: dict[str, float] = {}
         self._queues: set[str] = {self.settings.queue}
+        self._predecessors: set[str] = set()
+        """Dispatchers of this database whose lease we took: their claim on the Redis
+        namespace may outlive them a moment, and is ours to take over."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -99,7 +102,7 @@ class Dispatcher:
         if not self._wait_for_lease(once=once):
             return totals
         try:
-            self._claim_namespace(wait=not once)
+            self._claim_namespace()
             self.broker.claim_queues(self._queues)
             started = False
             failures = 0
@@ -244,9 +247,7 @@ class Dispatcher:
             return
         try:
             self.broker.claim_queues(self._queues)
-            other = self.broker.claim_namespace(self.name, LEASE_TTL)
-            if other is not None:
-                raise BrokerError(_copy_message(self.broker.namespace, other))
+            self._claim_namespace()
         except BrokerError as exc:
             if isinstance(exc, BrokerUnavailable):
                 raise
@@ -395,24 +396,27 @@ class Dispatcher:
     def _renew_lease(self) -> bool:
         clock = time.time()
         with store.writing(self.engine) as session:
+            if self._lease_until == 0.0:  # taking it: remember whom from
+                held = store.lease_holder(session=session, name=LEASE_NAME)
+                if held is not None and held[0] != self.name:
+                    self._predecessors.add(held[0])
             ok = store.acquire_lease(
                 session=session, name=LEASE_NAME, holder=self.name, ttl=LEASE_TTL, clock=clock
             )
         self._lease_until = clock + LEASE_TTL if ok else 0.0
         return ok
 
-    def _claim_namespace(self, *, wait: bool) -> None:
-        """Refuse to serve a namespace another live dispatcher serves: that one works for a
-        different file with this database's identity (a copy). A predecessor that died
-        holding it lets go within ``LEASE_TTL``, so wait that long before refusing."""
-        deadline = time.monotonic() + (LEASE_TTL + 1.0 if wait else 0.0)
-        while True:
-            other = self.broker.claim_namespace(self.name, LEASE_TTL)
-            if other is None:
-                return
-            if time.monotonic() >= deadline or self.stop_event.is_set():
-                raise BrokerError(_copy_message(self.broker.namespace, other))
-            self.stop_event.wait(0.5)
+    def _claim_namespace(self) -> None:
+        """Refuse to serve a namespace another live dispatcher serves, unless it is one
+        whose lease this dispatcher took (a predecessor of this very database): anyone
+        else works for a different file with this database's identity (a copy)."""
+        other = self.broker.claim_namespace(self.name, LEASE_TTL)
+        if other is None:
+            return
+        if other in self._predecessors:
+            self.broker.claim_namespace(self.name, LEASE_TTL, take_from=other)
+            return
+        raise BrokerError(_copy_message(self.broker.namespace, other))
 
     def _release(self) -> None:
         try:

@@ -55,7 +55,7 @@ set its heartbeat first (and the job is left alone)."""
 
 _CLAIM_QUEUE = """
 local owner = redis.call('GET', KEYS[1])
-if owner and owner ~= ARGV[1] then return owner end
+if owner and owner ~= ARGV[1] and owner ~= ARGV[3] then return owner end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return false
 """
@@ -122,7 +122,9 @@ class Broker:
         one database's backlog from starving another's and makes the mistake visible.
         """
         for name in names:
-            owner = self._claim_queue(keys=[queue_owner(name)], args=[self.namespace, OWNER_TTL])
+            owner = self._claim_queue(
+                keys=[queue_owner(name)], args=[self.namespace, OWNER_TTL, ""]
+            )
             if owner:
                 raise BrokerError(
                     f"queue {name!r} is already served by the dispatcher of another database"
@@ -131,10 +133,13 @@ class Broker:
                 )
 
     @translated
-    def claim_namespace(self, holder: str, ttl: float) -> str | None:
+    def claim_namespace(self, holder: str, ttl: float, take_from: str = "") -> str | None:
         """Mark ``holder`` as the dispatcher of this namespace for ``ttl`` seconds; returns
-        the name of another live holder instead, if there is one."""
-        owner = self._claim_queue(keys=[self.keys.dispatcher], args=[holder, max(1, int(ttl))])
+        the name of another live holder instead, if there is one (other than
+        ``take_from``, whose claim is taken over)."""
+        owner = self._claim_queue(
+            keys=[self.keys.dispatcher], args=[holder, max(1, int(ttl)), take_from]
+        )
         if owner:
             return owner.decode() if isinstance(owner, bytes) else str(owner)
         return None

@@ -22,6 +22,8 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -125,9 +127,27 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-class Watch:
-    """Heartbeats and the delayed start report of one running job, from a thread of the
-    process that took the job (not the process that runs the handler, when forking)."""
+@dataclass
+class Watched:
+    """The job a worker process is running, as its watcher sees it."""
+
+    dispatch: Dispatch
+    holder: str
+    started: Report
+    stop_job: Callable[[], None]
+    start_due: float
+    next_beat: float
+    start_sent: bool = False
+    fenced: bool = False
+
+
+class Watcher:
+    """One thread per worker process: heartbeats and the delayed start report of the job
+    the process is running, from the process that took it (not the work horse).
+
+    It lives as long as the worker, so a job costs no thread start; it has a Redis
+    client of its own, so nothing it holds is ever inherited half-used by a fork.
+    """
 
     _BEAT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -135,56 +155,75 @@ redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
 return 1
 """
 
-    def __init__(
-        self, client: redis.Redis, dispatch: Dispatch, holder: str, started: Report, stop_job: Any
-    ) -> None:
-        self.client = client
-        self.dispatch = dispatch
-        self.keys = Keys(dispatch.namespace)
-        self.holder = holder
-        self.started = started
-        self.stop_job = stop_job
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bridge-watch", daemon=True)
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = redis.Redis(
+            connection_pool=redis.ConnectionPool(**client.connection_pool.connection_kwargs)
+        )
+        self._beat = self.client.register_script(self._BEAT)
+        self._wake = threading.Condition()
+        self._current: Watched | None = None
+        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread.start()
+    def begin(self, watched: Watched) -> None:
+        with self._wake:
+            self._current = watched
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="bridge-watch", daemon=True)
+                self._thread.start()
+            self._wake.notify()
 
-    def stop(self) -> None:
-        """The job ended (returned, failed, or its process died): stop beating, and drop
-        the heartbeat now rather than let it expire, so a work horse that died without
-        a report is judged at once instead of after the heartbeat TTL."""
-        self._done.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+    def end(self) -> None:
+        """The job ended: stop watching it. A start report or heartbeat being sent right
+        now finishes first, so nothing about this job is sent after ``end`` returns."""
+        with self._wake:
+            self._current = None
+            self._wake.notify()
+
+    def drop(self, dispatch: Dispatch) -> None:
+        """Delete the heartbeat now (the job's process died without reporting), so the
+        dispatcher judges it at once instead of after the heartbeat TTL."""
         try:
-            self.client.delete(self.keys.alive(self.dispatch.job_id))
-        except Exception as exc:  # Redis gone: the key expires on its own
-            log.debug("heartbeat of %s not dropped: %s", self.dispatch.job_id, exc)
+            self.client.delete(Keys(dispatch.namespace).alive(dispatch.job_id))
+        except redis.RedisError as exc:  # Redis gone: the key expires on its own
+            log.debug("heartbeat of %s not dropped: %s", dispatch.job_id, exc)
 
     def _run(self) -> None:
-        if not self._done.wait(START_REPORT_DELAY):
-            try:
-                publish(self.client, self.dispatch.namespace, self.started)
-            except Exception as exc:  # the outcome carries the start as well
-                log.debug("start report for %s not sent: %s", self.dispatch.job_id, exc)
-        fenced = False
-        while not self._done.wait(HEARTBEAT_EVERY):
-            try:
-                alive = self.client.eval(
-                    self._BEAT,
-                    2,
-                    self.keys.fence(self.dispatch.job_id),
-                    self.keys.alive(self.dispatch.job_id),
-                    self.holder,
-                    HEARTBEAT_TTL,
-                )
-            except Exception as exc:  # Redis gone for a moment: the outcome report will tell
-                log.debug("heartbeat for %s failed: %s", self.dispatch.job_id, exc)
-                continue
-            if not alive and not fenced and not self._done.is_set():
-                fenced = True
-                self.stop_job()
+        with self._wake:
+            while True:
+                watched = self._current
+                if watched is None:
+                    self._wake.wait()
+                    continue
+                moment = time.monotonic()
+                due = watched.next_beat if watched.start_sent else watched.start_due
+                if moment < due:
+                    self._wake.wait(due - moment)
+                    continue
+                # Sent while holding the lock: ``end`` waits for it, so a report or a
+                # beat never goes out for a job that has ended.
+                if not watched.start_sent:
+                    watched.start_sent = True
+                    try:
+                        publish(self.client, watched.dispatch.namespace, watched.started)
+                    except redis.RedisError as exc:  # the outcome carries the start too
+                        log.debug("start report not sent: %s", exc)
+                    continue
+                watched.next_beat = moment + HEARTBEAT_EVERY
+                keys = Keys(watched.dispatch.namespace)
+                try:
+                    alive = self._beat(
+                        keys=[
+                            keys.fence(watched.dispatch.job_id),
+                            keys.alive(watched.dispatch.job_id),
+                        ],
+                        args=[watched.holder, HEARTBEAT_TTL],
+                    )
+                except redis.RedisError as exc:  # Redis gone for a moment: try next beat
+                    log.debug("heartbeat failed: %s", exc)
+                    continue
+                if not alive and not watched.fenced:
+                    watched.fenced = True
+                    watched.stop_job()
 
 
 class _BridgeWorkerMixin:
@@ -201,7 +240,8 @@ class _BridgeWorkerMixin:
         kwargs["job_class"] = BridgeJob
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
         self._admit = self.connection.register_script(_ADMIT)
-        self._watch: Watch | None = None
+        self._watcher = Watcher(self.connection)
+        self._watched: Watched | None = None
 
     def run_maintenance_tasks(self) -> None:
         """RQ's housekeeping (registries, the intermediate list) reads every job record it
@@ -259,14 +299,22 @@ class _BridgeWorkerMixin:
             self.name,
             at=utc_now(),
         )
-        self._watch = Watch(self.connection, dispatch, holder, started, lambda: self._stop(job))
+        moment = time.monotonic()
+        self._watched = Watched(
+            dispatch,
+            holder,
+            started,
+            lambda: self._stop(job),
+            start_due=moment + START_REPORT_DELAY,
+            next_beat=moment + HEARTBEAT_EVERY,
+        )
         try:
             if self.mode == "simple":
-                self._watch.start()
+                self._watcher.begin(self._watched)
             super().execute_job(job, queue)  # type: ignore[misc]
         finally:
-            self._watch.stop()
-            self._watch = None
+            self._watcher.end()
+            self._watched = None
 
     def _stop(self, job: Job) -> None:
         log.warning("job %s was superseded or cancelled while running", job.id)
@@ -301,8 +349,15 @@ class BridgeWorker(_BridgeWorkerMixin, Worker):
     def fork_work_horse(self, job: Job, queue: Queue) -> None:
         super().fork_work_horse(job, queue)
         # Only the parent returns here: the child runs the job and exits inside.
-        if self._watch is not None:
-            self._watch.start()
+        if self._watched is not None:
+            self._watcher.begin(self._watched)
+
+    def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
+        """The work horse died without reporting: drop its heartbeat now, so the
+        dispatcher judges the attempt at once."""
+        if self._watched is not None:
+            self._watcher.drop(self._watched.dispatch)
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
 
     def _stop(self, job: Job) -> None:
         """Kill the work horse running ``job``, and nothing else: the watch thread may see
@@ -396,3 +451,13 @@ def current_job() -> tuple[redis.Redis, Dispatch, str]:
 def publish(client: redis.Redis, namespace: str, report: Report) -> None:
     """Append a worker's report to its database's stream."""
     client.xadd(Keys(namespace).reports, report.encode())
+
+
+def publish_outcome(client: redis.Redis, report: Report, dispatch: Dispatch) -> None:
+    """The job's outcome, and its heartbeat dropped, in one round trip: the report is in
+    the stream before the heartbeat goes, so the dispatcher never sees neither."""
+    keys = Keys(dispatch.namespace)
+    with client.pipeline() as pipe:
+        pipe.xadd(keys.reports, report.encode())
+        pipe.delete(keys.alive(dispatch.job_id))
+        pipe.execute()

@@ -14,7 +14,7 @@ import json
 import traceback
 from typing import Any
 
-from bridge.broker.working import current_job, publish, utc_now
+from bridge.broker.working import current_job, publish_outcome, utc_now
 from bridge.messages import Report, output_json, truncate
 from bridge.states import ReportKind
 from bridge.workers.registry import get_handler
@@ -56,6 +56,6 @@ def run_task(**fields: Any) -> None:
             at=utc_now(),
             started_at=started_at,
         )
-    publish(client, dispatch.namespace, report)
+    publish_outcome(client, report, dispatch)
     if failure is not None:
         raise HandlerFailed(report.error) from failure

@@ -45,7 +45,7 @@ class MemoryBroker:
     def release_queues(self, names: Iterable[str]) -> None:
         self.calls.append("release_queues")
 
-    def claim_namespace(self, holder: str, ttl: float) -> str | None:
+    def claim_namespace(self, holder: str, ttl: float, take_from: str = "") -> str | None:
         return None
 
     def release_namespace(self, holder: str) -> None:
