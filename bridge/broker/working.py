@@ -236,7 +236,7 @@ class _BridgeWorkerMixin:
     name: str
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("serializer", JSONSerializer)
+        kwargs["serializer"] = JSONSerializer  # bridge jobs are JSON, whatever RQ was told
         kwargs["job_class"] = BridgeJob
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
         self._admit = self.connection.register_script(_ADMIT)

@@ -190,7 +190,7 @@ def test_private_redis_takes_no_client_without_its_password_and_never_shows_it(
 ):
     # Given a run on its own private Redis, one task slow and one failing
     graph = [
-        {"id": "slow", "kind": "sleep", "payload": {"seconds": 3}},
+        {"id": "slow", "kind": "sleep", "payload": {"seconds": 8}},
         {"id": "bad", "kind": "fail", "payload": {"message": "broken"}},
     ]
     run = Run(tmp_path, run_env, graph, "--private-redis")
