@@ -39,6 +39,13 @@ QUEUE_TIMEOUT = 600.0
 REPORT_GRACE = 60.0
 """A job that RQ says finished has a report on its way; only if none has arrived this
 long after is the attempt presumed to have lost it, and the task sent again."""
+COALESCE_IN_FLIGHT = 8
+"""With at least this many tasks in flight, a tick gathers reports a moment longer."""
+COALESCE_WAIT = 0.01
+"""Seconds a busy tick may spend gathering reports: the RQ queue's backlog keeps the
+workers busy meanwhile, and one commit then serves many reports."""
+COALESCE_BATCH = 64
+"""A busy tick stops gathering once it has this many reports."""
 MAX_BLOCK = 0.5
 """Longest blocking read on the report stream, so stop requests are seen quickly."""
 DATABASE_RETRY = 1.0

@@ -26,6 +26,9 @@ from bridge import store
 from bridge.broker import Broker, BrokerError, BrokerUnavailable, Withdrawal
 from bridge.defaults import (
     CHECK_EVERY,
+    COALESCE_BATCH,
+    COALESCE_IN_FLIGHT,
+    COALESCE_WAIT,
     DATABASE_RETRY,
     DATABASE_RETRY_CAP,
     LEASE_MARGIN,
@@ -40,7 +43,7 @@ from bridge.defaults import (
 from bridge.messages import Dispatch, Report
 from bridge.recovery import Flight, JobState, Limits, Verdict, judge
 from bridge.settings import Settings
-from bridge.states import ReportKind, TaskStatus
+from bridge.states import IN_FLIGHT, ReportKind, TaskStatus
 
 log = logging.getLogger("bridge.dispatcher")
 
@@ -57,6 +60,8 @@ class TickStats:
     ignored: int = 0
     dispatched: int = 0
     recovered: int = 0
+    finished: int = 0
+    """Applied reports that took a task out of flight."""
 
 
 @dataclass
@@ -78,6 +83,8 @@ class Dispatcher:
         self._wakeup_stale = True
         self._picked_since: dict[str, float] = {}
         self._queues: set[str] = {self.settings.queue}
+        self._in_flight = 0
+        """About how many tasks are in flight (exact after start, kept up by each tick)."""
         self._predecessors: set[str] = set()
         """Dispatchers of this database whose lease we took: their claim on the Redis
         namespace may outlive them a moment, and is ours to take over."""
@@ -148,6 +155,7 @@ class Dispatcher:
         with store.writing(self.engine) as session:
             in_flight = store.reset_slots(session=session, slots=self.settings.slots)
         log.info("slots reset: %d task(s) in flight", len(in_flight))
+        self._in_flight = len(in_flight)
         totals.recovered += self.reconcile(grace=0.0)
 
     # ------------------------------------------------------------------ the tick
@@ -169,6 +177,8 @@ class Dispatcher:
         stats = TickStats()
         timeout_ms = int(self._block_seconds() * 1000) if block else 0
         incoming = self.broker.read_reports(CONSUMER, block_ms=timeout_ms or 1)
+        if block and incoming and self._in_flight >= COALESCE_IN_FLIGHT:
+            incoming += self._coalesce(len(incoming))
         reports = [m.report for m in incoming if m.report is not None]
         if len(reports) < len(incoming) or any(r.kind is not ReportKind.STARTED for r in reports):
             self._claim_wanted = True  # a nudge (tasks added or retried) or a freed slot
@@ -188,6 +198,9 @@ class Dispatcher:
                     )
                     stats.applied = sum(1 for a in applied if a.target is not None)
                     stats.ignored = len(applied) - stats.applied
+                    stats.finished = sum(
+                        1 for a in applied if a.target is not None and a.target not in IN_FLIGHT
+                    )
                     for a in applied:
                         if a.target is TaskStatus.AVAILABLE:
                             self._wakeup_stale = True  # a failed attempt will be retried
@@ -209,9 +222,25 @@ class Dispatcher:
         self._claim_new_queues(dispatches)
         self.broker.settle([m.message_id for m in incoming], dispatches)
         stats.dispatched = len(dispatches)
+        self._in_flight = max(0, self._in_flight + len(dispatches) - stats.finished)
         if stats.dispatched or reports:
             log.debug("tick: %s", stats)
         return stats
+
+    def _coalesce(self, have: int) -> list:
+        """With many tasks in flight the RQ queue holds a backlog, so a few milliseconds
+        spent gathering more reports delay no worker, and one commit then serves many
+        reports instead of one. With few in flight (a chain) nothing waits."""
+        more: list = []
+        deadline = time.monotonic() + COALESCE_WAIT
+        while have + len(more) < COALESCE_BATCH:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            more += self.broker.read_reports(
+                CONSUMER, block_ms=max(1, int(left * 1000)), count=COALESCE_BATCH
+            )
+        return more
 
     def _claim_new_queues(self, dispatches: list[Dispatch]) -> None:
         new = {d.queue for d in dispatches} - self._queues
@@ -277,6 +306,7 @@ class Dispatcher:
         self.drain()
         with store.reading(self.engine) as session:
             flights = store.in_flight(session=session)
+        self._in_flight = len(flights)
         if not flights:
             self._picked_since.clear()
             return 0
