@@ -156,8 +156,11 @@ return 1
 """
 
     def __init__(self, client: redis.Redis) -> None:
+        pool = client.connection_pool  # same server, socket kind, TLS and password
         self.client = redis.Redis(
-            connection_pool=redis.ConnectionPool(**client.connection_pool.connection_kwargs)
+            connection_pool=redis.ConnectionPool(
+                connection_class=pool.connection_class, **pool.connection_kwargs
+            )
         )
         self._beat = self.client.register_script(self._BEAT)
         self._wake = threading.Condition()
