@@ -176,7 +176,7 @@ class Dispatcher:
         ready or freed a slot, so an idle or "started"-only tick costs one read."""
         stats = TickStats()
         timeout_ms = int(self._block_seconds() * 1000) if block else 0
-        incoming = self.broker.read_reports(CONSUMER, block_ms=timeout_ms or 1)
+        incoming = self.broker.read_reports(CONSUMER, block_ms=timeout_ms)
         if block and incoming and self._in_flight >= COALESCE_IN_FLIGHT:
             incoming += self._coalesce(len(incoming))
         reports = [m.report for m in incoming if m.report is not None]
@@ -231,16 +231,10 @@ class Dispatcher:
         """With many tasks in flight the RQ queue holds a backlog, so a few milliseconds
         spent gathering more reports delay no worker, and one commit then serves many
         reports instead of one. With few in flight (a chain) nothing waits."""
-        more: list = []
-        deadline = time.monotonic() + COALESCE_WAIT
-        while have + len(more) < COALESCE_BATCH:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            more += self.broker.read_reports(
-                CONSUMER, block_ms=max(1, int(left * 1000)), count=COALESCE_BATCH
-            )
-        return more
+        # A plain sleep, then a look without waiting: a short BLOCK would be rounded up
+        # to Redis's own tick (100 ms) and stall the whole pipeline.
+        time.sleep(COALESCE_WAIT)
+        return self.broker.read_reports(CONSUMER, block_ms=0, count=COALESCE_BATCH - have)
 
     def _claim_new_queues(self, dispatches: list[Dispatch]) -> None:
         new = {d.queue for d in dispatches} - self._queues

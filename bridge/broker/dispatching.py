@@ -318,8 +318,10 @@ class Broker:
                 self._pending_first = False
             if messages:
                 return [self._decode(mid, fields) for mid, fields in messages]
+        # No BLOCK at all for a look without waiting: Redis checks blocked clients'
+        # timeouts at its own tick (``hz``, 100 ms by default), so "BLOCK 1" can cost 100 ms.
         entries = self.client.xreadgroup(
-            GROUP, consumer, {stream: ">"}, count=count, block=block_ms
+            GROUP, consumer, {stream: ">"}, count=count, block=block_ms if block_ms > 0 else None
         )
         messages = entries[0][1] if entries else []
         return [self._decode(mid, fields) for mid, fields in messages]
