@@ -53,12 +53,15 @@ queue, out of a worker's hands, job record deleted. Admission is a script too, s
 worker taking the job at this moment either finds the mark (and drops the job) or has
 set its heartbeat first (and the job is left alone)."""
 
-_CLAIM_QUEUE = """
+_CLAIM = """
 local owner = redis.call('GET', KEYS[1])
 if owner and owner ~= ARGV[1] and owner ~= ARGV[3] then return owner end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return false
 """
+"""Claim an owner key (a queue's database, a namespace's dispatcher) for ARGV[1], or
+return the other live owner; ARGV[3], when not empty, is an owner whose claim is taken
+over (a predecessor)."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ class Broker:
         self._queues: dict[str, Queue] = {}
         self._pending_first = True
         self._supersede = client.register_script(_SUPERSEDE)
-        self._claim_queue = client.register_script(_CLAIM_QUEUE)
+        self._claim = client.register_script(_CLAIM)
 
     def queue(self, name: str) -> Queue:
         if name not in self._queues:
@@ -122,9 +125,7 @@ class Broker:
         one database's backlog from starving another's and makes the mistake visible.
         """
         for name in names:
-            owner = self._claim_queue(
-                keys=[queue_owner(name)], args=[self.namespace, OWNER_TTL, ""]
-            )
+            owner = self._claim(keys=[queue_owner(name)], args=[self.namespace, OWNER_TTL, ""])
             if owner:
                 raise BrokerError(
                     f"queue {name!r} is already served by the dispatcher of another database"
@@ -137,9 +138,7 @@ class Broker:
         """Mark ``holder`` as the dispatcher of this namespace for ``ttl`` seconds; returns
         the name of another live holder instead, if there is one (other than
         ``take_from``, whose claim is taken over)."""
-        owner = self._claim_queue(
-            keys=[self.keys.dispatcher], args=[holder, max(1, int(ttl)), take_from]
-        )
+        owner = self._claim(keys=[self.keys.dispatcher], args=[holder, max(1, int(ttl)), take_from])
         if owner:
             return owner.decode() if isinstance(owner, bytes) else str(owner)
         return None
@@ -339,10 +338,6 @@ class Broker:
         """Read the unacknowledged reports again first: a commit that failed left them
         pending, and ``>`` would never return them."""
         self._pending_first = True
-
-    def ack(self, message_ids: Sequence[bytes]) -> None:
-        """Acknowledge and delete applied reports, so the stream stays short."""
-        self.settle(message_ids, ())
 
     @translated
     def nudge(self) -> None:
