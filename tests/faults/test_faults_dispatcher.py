@@ -35,11 +35,12 @@ class ReportsStranded(AssertionError):
 def test_dispatcher_sigkilled_repeatedly_during_a_500_task_graph(
     tmp_path, fault_env, db_path, redis_server, processes, fault_table
 ):
-    # Given a 500-task graph of quick tasks, 20 slots, two in-process workers
+    # Given a 500-task graph of 30 ms tasks (about 7 s of work for two workers, so that
+    # the graph is still running at the second kill), 20 slots, two in-process workers
     seed = random.randrange(1_000_000)
     rnd = random.Random(seed)
     log = tmp_path / "runs.log"
-    graph = graph_from(log, size=500, sleep=0.0)
+    graph = graph_from(log, size=500, sleep=0.03)
     env = {**fault_env, "BRIDGE_SLOTS": "20", "BRIDGE_WORKER_CLASS": "simple"}
     add_graph(tmp_path, env, graph)
     client = redis_client(redis_server.url)
