@@ -523,6 +523,14 @@ def run(context: Context, file_path: str, workers: int, private_redis: bool) -> 
     sys.exit(code)
 
 
+# ------------------------------------------------------------------------------- db
+
+
+@cli.group("db")
+def db() -> None:
+    """The database itself: schema migrations, adoption, backup and restore, pruning."""
+
+
 def main() -> None:
     """Entry point: turns every expected failure into one ``error:`` line."""
     try:

@@ -23,6 +23,7 @@ if os.access("/dev/shm", os.W_OK) and "PYTEST_DEBUG_TEMPROOT" not in os.environ:
     tempfile.tempdir = "/dev/shm"
 
 from helpers import Processes  # noqa: E402
+from postgres import pg_database, pg_url  # noqa: E402, F401  (fixtures)
 
 from bridge.redis_server import PrivateRedis  # noqa: E402
 
