@@ -16,9 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-SERVER_URL = os.environ.get(
-    "BRIDGE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+SERVER_URL = os.environ.get("BRIDGE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def _connect(url: str, **kwargs):
