@@ -62,6 +62,9 @@ RESULT_TTL = 600
 """Seconds RQ keeps a finished job; the report already carries what matters."""
 FAILURE_TTL = 24 * 3600
 """Seconds RQ keeps a failed job in its failed registry, for ``rq info`` and dashboards."""
+MAX_JOB_DATA = 64 * 1024 * 1024
+"""Bytes a job's data may take once decompressed; a worker refuses a bigger record
+before inflating it further (a few kilobytes of zlib can otherwise claim gigabytes)."""
 
 # ---------------------------------------------------------------- retries
 

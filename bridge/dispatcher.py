@@ -151,6 +151,9 @@ class Dispatcher:
             raise store.StoreError("another dispatcher holds the lease for this database")
         self.broker.ensure_group()
         self._run_id = self.broker.run_id()
+        risk = self.broker.eviction_risk()
+        if risk is not None:
+            log.warning("%s", risk)
         self._add(totals, self.drain())
         with store.writing(self.engine) as session:
             in_flight = store.reset_slots(session=session, slots=self.settings.slots)

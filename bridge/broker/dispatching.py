@@ -251,6 +251,24 @@ class Broker:
         return str(self.client.info("server").get("run_id", ""))
 
     @translated
+    def eviction_risk(self) -> str | None:
+        """Why Redis may drop bridge's keys on its own, or None.
+
+        With a memory limit and any policy but ``noeviction``, Redis evicts keys when
+        full: a fence mark or a pending report could vanish. Nothing is lost for good
+        (the database re-sends what it cannot see), but fencing relies on the marks.
+        """
+        memory = self.client.info("memory")
+        limit = int(memory.get("maxmemory", 0) or 0)
+        policy = str(memory.get("maxmemory_policy", "noeviction"))
+        if limit and policy != "noeviction":
+            return (
+                f"Redis may evict keys (maxmemory {limit} bytes, maxmemory-policy {policy}):"
+                " set maxmemory-policy noeviction, or fence marks and reports can vanish"
+            )
+        return None
+
+    @translated
     def cancel(self, job_id: str, queue: str) -> CancelOutcome:
         """Stop an attempt the database has just cancelled, as far as Redis allows.
 

@@ -22,6 +22,7 @@ import signal
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -42,6 +43,7 @@ from bridge.defaults import (
     FAILURE_TTL,
     HEARTBEAT_EVERY,
     HEARTBEAT_TTL,
+    MAX_JOB_DATA,
     START_REPORT_DELAY,
     WORKER_RESTART_AFTER,
 )
@@ -121,6 +123,21 @@ class BridgeJob(Job):
 
     def send_webhooks(self, status: Any, *, exc_string: str | None = None) -> None:
         return None
+
+    def restore(self, raw_data: Any) -> Any:
+        """RQ's restore, after checking that the record's data inflates to at most
+        ``MAX_JOB_DATA`` bytes: RQ would inflate any size whole, so a small hostile
+        record could take the worker's memory before it is even looked at."""
+        data = raw_data.get(b"data") if isinstance(raw_data, dict) else None
+        if isinstance(data, bytes):
+            inflate = zlib.decompressobj()
+            try:
+                inflated = len(inflate.decompress(data, MAX_JOB_DATA + 1))
+            except zlib.error:
+                inflated = 0  # stored uncompressed: RQ takes it as it is
+            if inflated > MAX_JOB_DATA:
+                raise RefusedJob(f"its data inflates to more than {MAX_JOB_DATA} bytes")
+        return super().restore(raw_data)
 
 
 def utc_now() -> str:

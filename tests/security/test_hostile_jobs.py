@@ -112,6 +112,28 @@ def test_jobs_written_with_raw_redis_commands_are_refused(attack, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_a_zlib_bomb_is_refused_before_it_is_inflated(attack, mode):
+    # Given a record of about 200 KB of zlib that would inflate to 200 MB, then a job of
+    # bridge's own behind it
+    client, env, _ = attack
+    inflater = zlib.compressobj(9)
+    bomb = inflater.compress(b"[" + b" " * (200 * 1024 * 1024)) + inflater.flush()
+    assert len(bomb) < 1024 * 1024
+    client.hset(
+        Job.key_for("bomb"),
+        mapping={"data": bomb, "status": "queued", "origin": "bridge", "created_at": ""},
+    )
+    client.rpush("rq:queue:bridge", "bomb")
+    # When a bridge worker drains the queue
+    result = drain(env, mode)
+    # Then the record is refused for its size, and the worker went on to the end
+    assert result.returncode == 0, result.stderr
+    assert "refused job bomb" in result.stderr, result.stderr
+    assert "inflates to more than" in result.stderr
+    assert "bomb" in failed_ids(client)
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_a_bridge_job_with_extra_or_wrong_fields_is_refused(attack, mode):
     client, env, marker = attack
     queue = Queue("bridge", connection=client, serializer=JSONSerializer)

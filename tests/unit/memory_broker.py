@@ -57,6 +57,9 @@ class MemoryBroker:
     def run_id(self) -> str:
         return self.redis_run
 
+    def eviction_risk(self) -> str | None:
+        return None
+
     def reread_pending(self) -> None:
         self.stream[:0] = self.pending
         self.pending = []
