@@ -166,6 +166,15 @@ def warn_all(warnings: list[str]) -> None:
     type=int,
     help="Bytes of output/error kept per task; more is truncated with a marker. [default: 1048576]",
 )
+@click.option(
+    "--auto-migrate/--no-auto-migrate",
+    "auto_migrate",
+    envvar="BRIDGE_AUTO_MIGRATE",
+    show_envvar=True,
+    default=None,
+    help="Upgrade an older database schema on open (under a lock); off: refuse and say"
+    " to run 'bridge db upgrade'. [default: on]",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 @click.version_option(package_name="bridge")
 @click.pass_context
