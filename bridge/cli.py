@@ -540,6 +540,62 @@ def db() -> None:
     """The database itself: schema migrations, adoption, backup and restore, pruning."""
 
 
+@db.command("upgrade")
+@click.option("--sql", is_flag=True, help="Print the SQL for this database instead of running it.")
+@pass_context
+def db_upgrade(context: Context, sql: bool) -> None:
+    """Bring the database schema to this bridge's revision (under a lock)."""
+    result = usecases.db_upgrade(context, sql=sql)
+    if sql:
+        if result.sql:
+            click.echo(result.sql, nl=False)
+        else:
+            click.echo(f"-- database schema is at {result.after} (head): nothing to do")
+    elif not result.changed:
+        click.echo(f"database schema is at {result.after} (head): nothing to do")
+    elif result.before == "empty":
+        click.echo(f"created the database schema at {result.after}")
+    else:
+        click.echo(f"upgraded the database schema from {result.before} to {result.after}")
+
+
+@db.command("current")
+@pass_context
+def db_current(context: Context) -> None:
+    """The database's schema revision, and whether it is this bridge's."""
+    result = usecases.db_current(context)
+    if result.is_head:
+        click.echo(f"{result.revision} (head)")
+    elif result.kind == "newer":
+        click.echo(
+            f"{result.revision} (written by a newer bridge: this one knows up to {result.head})"
+        )
+    else:
+        click.echo(
+            f"{result.revision} (not head: this bridge needs {result.head};"
+            " run 'bridge db upgrade')"
+        )
+
+
+@db.command("history")
+@pass_context
+def db_history(context: Context) -> None:
+    """The schema revisions this bridge ships, newest first."""
+    result = usecases.db_history(context)
+    for revision in result.revisions:
+        marks = [
+            m
+            for m, on in (
+                ("head", revision.is_head),
+                ("current", revision.revision == result.current),
+            )
+            if on
+        ]
+        label = f"{revision.down_revision or '<base>'} -> {revision.revision}"
+        shown = f"{label} ({', '.join(marks)})" if marks else label
+        click.echo(f"{shown}: {revision.doc.splitlines()[0] if revision.doc else ''}")
+
+
 def main() -> None:
     """Entry point: turns every expected failure into one ``error:`` line."""
     try:

@@ -20,8 +20,9 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
-from bridge.settings import redact_url
+from bridge.settings import redact_text, redact_url
 from bridge.store import preflight
 from bridge.store.errors import StoreError
 from bridge.store.schema import HEAD, SchemaState, read_state, refuse
@@ -120,25 +121,53 @@ class Looked:
     """For ``--sql`` on an unversioned database: what revision 0002 finds already there."""
 
 
-def look(url: str) -> Looked:
+def where_of(url: str) -> str:
+    """The database as messages name it: a SQLite file's shown path, else the URL
+    without its secrets."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return redact_url(url)
+    if parsed.get_backend_name() == "sqlite" and preflight.is_file(parsed.database):
+        return preflight.shown_path(str(parsed.database))
+    return redact_url(url)
+
+
+def look(url: str, *, missing_ok: bool = True) -> Looked:
     """The schema state of the database at ``url``, read without writing anything
     (a SQLite file is opened read-only, never switched to WAL). A missing SQLite file
-    is an empty database."""
-    parsed = make_url(url)
+    is an empty database, or with ``missing_ok=False`` an error."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise StoreError(
+            f"not a database URL: {redact_url(url)} (e.g. sqlite:///file.db)"
+        ) from None
     database = parsed.database
     if parsed.get_backend_name() == "sqlite" and preflight.is_file(database):
-        if not os.path.isfile(str(database)):
-            return Looked(SchemaState("empty"), "sqlite", {})
-        engine = create_engine("sqlite://", creator=lambda: preflight.connect_read_only(database))
+        path = str(database)
+        if not os.path.isfile(path):
+            if missing_ok:
+                return Looked(SchemaState("empty"), "sqlite", {})
+            raise StoreError(
+                f"no database at {preflight.shown_path(path)} (bridge add or bridge run creates it)"
+            )
+        engine = create_engine("sqlite://", creator=lambda: preflight.connect_read_only(path))
     else:
         try:
             engine = create_engine(url)
-        except Exception as exc:  # a missing driver
-            raise StoreError(f"cannot use database {redact_url(url)}: {exc}") from None
+        except Exception as exc:  # a missing driver, bad options
+            raise StoreError(
+                f"cannot use database {redact_url(url)}: {redact_text(str(exc), url)}"
+            ) from None
     try:
         with engine.connect() as conn:
             state = read_state(conn)
             present = _present(conn) if state.kind == "unversioned" else {}
+    except DBAPIError as exc:
+        raise StoreError(
+            f"cannot read database {where_of(url)}: {redact_text(str(exc.orig), url)}"
+        ) from None
     finally:
         engine.dispose()
     return Looked(state, engine.dialect.name, present)
