@@ -29,7 +29,12 @@ def stamp(moment: datetime) -> str:
 
 
 def open_engine(
-    url: str, *, create: bool = True, auto_migrate: bool = True, migrate: bool = True
+    url: str,
+    *,
+    create: bool = True,
+    auto_migrate: bool = True,
+    migrate: bool = True,
+    check_schema: bool = True,
 ) -> Engine:
     """One engine per process, its schema checked (and created or upgraded) on first use.
 
@@ -47,6 +52,9 @@ def open_engine(
     touch (newer bridge, Task Coordinator, older with ``auto_migrate`` off) is refused
     byte-for-byte untouched. Then ``ensure_schema``. With ``migrate=False`` (``bridge
     db upgrade``) an older database is let through as it is, for the caller to upgrade.
+    With ``check_schema=False`` (``bridge db adopt``, which converts a Task Coordinator
+    file itself and then calls ``bridge.store.migrate.upgrade_in`` in its own
+    transaction) the schema is neither looked at nor changed.
     """
     try:
         parsed = make_url(url)
@@ -64,7 +72,7 @@ def open_engine(
         if not create:
             _check_exists(database)
         _check_sqlite_path(database, read_only=read_only)
-        if is_file(database):
+        if check_schema and is_file(database):
             state = sqlite_state(str(database))  # before the engine writes to the file
             if state is not None:
                 where = shown_path(str(database))
@@ -88,7 +96,7 @@ def open_engine(
                 f"no bridge tables in database {redact_url(url)}"
                 " (bridge add or bridge run creates them)"
             )
-        if migrate and not read_only and not at_head:
+        if check_schema and migrate and not read_only and not at_head:
             ensure_schema(engine, auto_migrate, where=where)
     except OperationalError as exc:
         raise StoreError(

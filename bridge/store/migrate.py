@@ -85,9 +85,19 @@ def upgrade_in(
     """Bring the database behind ``connection`` to head inside the caller's transaction.
 
     For code that already holds its own transaction and lock (``bridge db adopt``:
-    convert, then upgrade, then commit once). The caller commits or rolls back: on
-    SQLite and PostgreSQL alike DDL is transactional, so a rollback undoes the upgrade
-    too. An unversioned database (0.1.0, or changed in place before revisions) is first
+    convert, then upgrade, then commit once), e.g.::
+
+        engine = open_engine(url, check_schema=False)
+        with engine.execution_options(bridge_write=True).begin() as conn:  # BEGIN IMMEDIATE
+            ...  # bring the file to the 0.1.0 shape
+            upgrade_in(conn, where=shown_path)
+
+    The caller commits or rolls back: on SQLite and PostgreSQL alike DDL is
+    transactional, so a rollback undoes the upgrade too (on SQLite only if the
+    transaction was begun explicitly, as bridge's engines do; the plain ``sqlite3``
+    driver would otherwise run each DDL statement on its own).
+
+    An unversioned database (0.1.0, or changed in place before revisions) is first
     completed to revision 0001 and stamped with it. Returns the state before and after.
     """
     before = read_state(connection)

@@ -388,3 +388,29 @@ def test_inspect_sees_the_fresh_schema_with_every_table(tmp_path):
     tables = set(inspect(engine).get_table_names())
     engine.dispose()
     assert tables == set(SQLModel.metadata.tables) | {"alembic_version"}
+
+
+# ----------------------------------------------------- upgrading in a caller's transaction
+
+
+def test_upgrade_in_a_callers_transaction_is_undone_by_its_rollback(tmp_path):
+    # Given a 0.1.0 database opened the way ``bridge db adopt`` opens a file it converts
+    db = tmp_path / "adopted.db"
+    make_0_1_0(db)
+    engine = store.open_engine(f"sqlite:///{db}", check_schema=False)
+    assert "bridge_meta" not in inspect(engine).get_table_names()
+    # When the upgrade runs in the caller's transaction, which then fails
+    with pytest.raises(RuntimeError, match="adopt failed later"):
+        with engine.execution_options(bridge_write=True).begin() as conn:
+            before, after = migrate.upgrade_in(conn)
+            assert (before.kind, after.kind) == ("unversioned", "head")
+            raise RuntimeError("adopt failed later")
+    # Then nothing of the upgrade is left
+    tables = {row[0] for row in query(db, "SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "alembic_version" not in tables and "bridge_meta" not in tables
+    assert "queue" not in {row[1] for row in query(db, "PRAGMA table_info(tasks)")}
+    # And when it commits, the database is at head with every row kept
+    with engine.execution_options(bridge_write=True).begin() as conn:
+        migrate.upgrade_in(conn)
+    engine.dispose()
+    assert_every_row_kept(db)
