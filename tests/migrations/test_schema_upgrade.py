@@ -411,3 +411,21 @@ def test_upgrade_in_a_callers_transaction_is_undone_by_its_rollback(tmp_path):
         migrate.upgrade_in(conn)
     engine.dispose()
     assert_every_row_kept(db)
+
+
+def test_a_database_stamped_0001_is_upgraded_and_its_sql_starts_from_there(tmp_path):
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'at-0001.db'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        command.upgrade(migrate.alembic_config(connection=conn), "0001")
+    engine.dispose()
+    looked = migrate.look(url)
+    assert (looked.state.kind, looked.state.shown) == ("older", "0001")
+    sql = migrate.upgrade_sql(looked)
+    assert "ALTER TABLE tasks ADD COLUMN queue" in sql
+    assert "CREATE TABLE alembic_version" not in sql and "CREATE TABLE tasks" not in sql
+    store.open_engine(url).dispose()
+    assert migrate.look(url).state.kind == "head"
+    assert schema_diff(url) == []
