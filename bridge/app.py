@@ -41,7 +41,11 @@ class App:
     @property
     def engine(self) -> "Engine":
         if self._engine is None:
-            self._engine = _store().open_engine(self.settings.database_url, create=self.create)
+            self._engine = _store().open_engine(
+                self.settings.database_url,
+                create=self.create,
+                auto_migrate=self.settings.auto_migrate,
+            )
         return self._engine
 
     @property

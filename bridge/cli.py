@@ -166,6 +166,15 @@ def warn_all(warnings: list[str]) -> None:
     type=int,
     help="Bytes of output/error kept per task; more is truncated with a marker. [default: 1048576]",
 )
+@click.option(
+    "--auto-migrate/--no-auto-migrate",
+    "auto_migrate",
+    envvar="BRIDGE_AUTO_MIGRATE",
+    show_envvar=True,
+    default=None,
+    help="Upgrade an older database schema on open (under a lock); off: refuse and say"
+    " to run 'bridge db upgrade'. [default: on]",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 @click.version_option(package_name="bridge")
 @click.pass_context
@@ -529,6 +538,62 @@ def run(context: Context, file_path: str, workers: int, private_redis: bool) -> 
 @cli.group("db")
 def db() -> None:
     """The database itself: schema migrations, adoption, backup and restore, pruning."""
+
+
+@db.command("upgrade")
+@click.option("--sql", is_flag=True, help="Print the SQL for this database instead of running it.")
+@pass_context
+def db_upgrade(context: Context, sql: bool) -> None:
+    """Bring the database schema to this bridge's revision (under a lock)."""
+    result = usecases.db_upgrade(context, sql=sql)
+    if sql:
+        if result.sql:
+            click.echo(result.sql, nl=False)
+        else:
+            click.echo(f"-- database schema is at {result.after} (head): nothing to do")
+    elif not result.changed:
+        click.echo(f"database schema is at {result.after} (head): nothing to do")
+    elif result.before == "empty":
+        click.echo(f"created the database schema at {result.after}")
+    else:
+        click.echo(f"upgraded the database schema from {result.before} to {result.after}")
+
+
+@db.command("current")
+@pass_context
+def db_current(context: Context) -> None:
+    """The database's schema revision, and whether it is this bridge's."""
+    result = usecases.db_current(context)
+    if result.is_head:
+        click.echo(f"{result.revision} (head)")
+    elif result.kind == "newer":
+        click.echo(
+            f"{result.revision} (written by a newer bridge: this one knows up to {result.head})"
+        )
+    else:
+        click.echo(
+            f"{result.revision} (not head: this bridge needs {result.head};"
+            " run 'bridge db upgrade')"
+        )
+
+
+@db.command("history")
+@pass_context
+def db_history(context: Context) -> None:
+    """The schema revisions this bridge ships, newest first."""
+    result = usecases.db_history(context)
+    for revision in result.revisions:
+        marks = [
+            m
+            for m, on in (
+                ("head", revision.is_head),
+                ("current", revision.revision == result.current),
+            )
+            if on
+        ]
+        label = f"{revision.down_revision or '<base>'} -> {revision.revision}"
+        shown = f"{label} ({', '.join(marks)})" if marks else label
+        click.echo(f"{shown}: {revision.doc.splitlines()[0] if revision.doc else ''}")
 
 
 def main() -> None:

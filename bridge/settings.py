@@ -42,6 +42,9 @@ class Settings:
     handlers: tuple[str, ...] = ()
     worker_class: str = DEFAULT_WORKER_CLASS
     max_output: int = DEFAULT_MAX_OUTPUT
+    auto_migrate: bool = True
+    """Upgrade an older database's schema when a command opens it (under a lock); off,
+    commands refuse it and say to run ``bridge db upgrade`` (for DBAs: ``--sql``)."""
     redis_explicit: bool = field(default=False, compare=False)
     """True when the user named a Redis URL; ``bridge run`` then never starts its own."""
 
@@ -79,6 +82,8 @@ class Settings:
             values["worker_class"] = env["BRIDGE_WORKER_CLASS"]
         if env.get("BRIDGE_MAX_OUTPUT"):
             values["max_output"] = _int("BRIDGE_MAX_OUTPUT", env["BRIDGE_MAX_OUTPUT"])
+        if env.get("BRIDGE_AUTO_MIGRATE"):
+            values["auto_migrate"] = _bool("BRIDGE_AUTO_MIGRATE", env["BRIDGE_AUTO_MIGRATE"])
         for key, value in overrides.items():
             if value is None:
                 continue
@@ -102,11 +107,23 @@ class Settings:
             "BRIDGE_HANDLERS": ",".join(self.handlers),
             "BRIDGE_WORKER_CLASS": self.worker_class,
             "BRIDGE_MAX_OUTPUT": str(self.max_output),
+            "BRIDGE_AUTO_MIGRATE": "1" if self.auto_migrate else "0",
         }
 
 
 def parse_handlers(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _bool(name: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE or value in _FALSE:
+        return value in _TRUE
+    raise SettingsError(f"{name} must be 1 or 0 (true/false, yes/no, on/off), got {text!r}")
 
 
 def _int(name: str, text: str) -> int:

@@ -389,3 +389,94 @@ def status(app: App, *, clock: float | None = None) -> Status:
 
 def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# ============================================================ db: schema migrations
+# (``bridge db upgrade``, ``bridge db current``, ``bridge db history``). These never go
+# through ``App.engine``, whose open refuses an older database when auto-migration is
+# off: they are how such a database is looked at and upgraded.
+
+
+@dataclass
+class SchemaUpgrade:
+    """What ``bridge db upgrade`` did (or, with ``sql``, would do)."""
+
+    before: str
+    """The schema before: a revision, ``unversioned`` or ``empty``."""
+    after: str
+    sql: str | None = None
+    """With ``--sql``: the statements, not run (empty when already at head)."""
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+
+def db_upgrade(app: App, *, sql: bool = False) -> SchemaUpgrade:
+    """Bring the database to this bridge's revision, under the schema lock, or (``sql``)
+    return the SQL that would, for the database's dialect, without changing it."""
+    from bridge.store import migrate
+    from bridge.store.schema import HEAD, refuse
+
+    url = app.settings.database_url
+    if sql:
+        looked = migrate.look(url)
+        refuse(looked.state, migrate.where_of(url))
+        return SchemaUpgrade(looked.state.shown, HEAD, migrate.upgrade_sql(looked))
+    engine = store.open_engine(url, create=True, migrate=False)
+    try:
+        before, after = migrate.upgrade(engine, where=migrate.where_of(url))
+    finally:
+        engine.dispose()
+    return SchemaUpgrade(before.shown, after.shown)
+
+
+@dataclass
+class SchemaCurrent:
+    revision: str
+    """A revision, ``unversioned`` or ``empty``."""
+    head: str
+    kind: str
+    """``head``, ``older``, ``unversioned``, ``empty`` or ``newer``."""
+
+    @property
+    def is_head(self) -> bool:
+        return self.kind == "head"
+
+
+def db_current(app: App) -> SchemaCurrent:
+    """The database's schema revision and whether it is this bridge's (read only)."""
+    from bridge.store import migrate
+    from bridge.store.schema import HEAD, refuse
+
+    url = app.settings.database_url
+    looked = migrate.look(url, missing_ok=False)
+    if looked.state.kind != "newer":
+        refuse(looked.state, migrate.where_of(url))
+    return SchemaCurrent(looked.state.shown, HEAD, looked.state.kind)
+
+
+@dataclass
+class SchemaHistory:
+    revisions: list[Any]
+    """``bridge.store.migrate.Revision``, newest first."""
+    current: str | None
+    """The database's revision, when it can be read."""
+
+
+def db_history(app: App) -> SchemaHistory:
+    """Every revision this bridge ships, and which one the database is at (if readable)."""
+    from bridge.store import migrate
+    from bridge.store.schema import refuse
+
+    url = app.settings.database_url
+    current: str | None = None
+    try:
+        looked = migrate.look(url, missing_ok=False)
+    except store.StoreError:  # no database (yet), or unreadable: the history still stands
+        pass
+    else:
+        if looked.state.kind in ("task-coordinator", "foreign"):
+            refuse(looked.state, migrate.where_of(url))
+        current = looked.state.shown
+    return SchemaHistory(migrate.history(), current)

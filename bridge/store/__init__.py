@@ -37,6 +37,7 @@ from bridge.store.leases import (
     list_leases,
     release_lease,
 )
+from bridge.store.preflight import is_task_coordinator
 from bridge.store.reports import Applied, apply_reports
 from bridge.store.schema import namespace, take_tokens
 from bridge.store.tables import EDGES, EVENTS, LEASES, SLOTS, TASKS
@@ -57,6 +58,7 @@ from bridge.store.tasks import (
 )
 
 __all__ = [
+    "is_task_coordinator",
     "EDGES",
     "EVENTS",
     "LEASES",

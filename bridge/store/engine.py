@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import quote
 
 from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine, make_url
@@ -14,17 +13,11 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlmodel import Session, create_engine
 
 from bridge.defaults import BUSY_TIMEOUT_MS
-from bridge.errors import BridgeError
 from bridge.settings import redact_text, redact_url
-from bridge.store.schema import ensure_schema
-
-
-class StoreError(BridgeError):
-    """A database problem the user can act on; the CLI prints it as one line."""
-
-
-class TaskStateError(StoreError):
-    """The task exists but its state does not allow the request."""
+from bridge.store.errors import StoreError
+from bridge.store.errors import TaskStateError as TaskStateError  # callers import it from here
+from bridge.store.preflight import connect_read_only, is_file, shown_path, sqlite_state
+from bridge.store.schema import ensure_schema, refuse
 
 
 def now() -> str:
@@ -35,8 +28,15 @@ def stamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def open_engine(url: str, *, create: bool = True) -> Engine:
-    """One engine per process, schema created on first use.
+def open_engine(
+    url: str,
+    *,
+    create: bool = True,
+    auto_migrate: bool = True,
+    migrate: bool = True,
+    check_schema: bool = True,
+) -> Engine:
+    """One engine per process, its schema checked (and created or upgraded) on first use.
 
     SQLite gets WAL (readers never block the dispatcher), a busy timeout, foreign
     keys, and ``BEGIN IMMEDIATE`` for writes so two writers queue on the lock
@@ -45,7 +45,16 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
     With ``create=False`` (every command but ``add``, ``run`` and ``dispatch``) a
     database that does not exist is an error instead of a new empty file, and a
     SQLite file this process cannot write (or whose folder it cannot write) is
-    opened read-only, its schema taken as it is, so it can still be listed.
+    opened read-only, so it can still be listed (if it is at this bridge's revision).
+
+    The schema (``bridge.store.schema``): a SQLite file is first looked at read-only,
+    before the engine writes its journal mode into it, so that a file bridge must not
+    touch (newer bridge, Task Coordinator, older with ``auto_migrate`` off) is refused
+    byte-for-byte untouched. Then ``ensure_schema``. With ``migrate=False`` (``bridge
+    db upgrade``) an older database is let through as it is, for the caller to upgrade.
+    With ``check_schema=False`` (``bridge db adopt``, which converts a Task Coordinator
+    file itself and then calls ``bridge.store.migrate.upgrade_in`` in its own
+    transaction) the schema is neither looked at nor changed.
     """
     try:
         parsed = make_url(url)
@@ -55,12 +64,20 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
         ) from None
     is_sqlite = parsed.get_backend_name() == "sqlite"
     read_only = False
+    at_head = False
+    where = _where(url)
     if is_sqlite:
         database = parsed.database
         read_only = not create and _must_read_only(database)
         if not create:
             _check_exists(database)
         _check_sqlite_path(database, read_only=read_only)
+        if check_schema and is_file(database):
+            state = sqlite_state(str(database))  # before the engine writes to the file
+            if state is not None:
+                where = shown_path(str(database))
+                refuse(state, where, auto_migrate=(auto_migrate or not migrate) and not read_only)
+                at_head = state.kind == "head"
         if read_only:
             engine = _read_only_sqlite(str(database))
         else:
@@ -79,8 +96,8 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
                 f"no bridge tables in database {redact_url(url)}"
                 " (bridge add or bridge run creates them)"
             )
-        if not read_only:  # a complete schema is only read; an older one is brought up to date
-            ensure_schema(engine)
+        if check_schema and migrate and not read_only and not at_head:
+            ensure_schema(engine, auto_migrate, where=where)
     except OperationalError as exc:
         raise StoreError(
             f"cannot open database {_where(url)}: {redact_text(str(exc.orig), url)}"
@@ -95,44 +112,31 @@ def _where(url: str) -> str:
     return redact_url(url)
 
 
-def _is_file(database: str | None) -> bool:
-    return bool(database) and database != ":memory:" and not str(database).startswith("file:")
-
-
 def _check_exists(database: str | None) -> None:
-    if _is_file(database) and not os.path.isfile(str(database)):
-        shown = str(database)
-        if not os.path.isabs(shown) and not shown.startswith("."):
-            shown = os.path.join(".", shown)
+    if is_file(database) and not os.path.isfile(str(database)):
+        shown = shown_path(str(database))
         raise StoreError(f"no database at {shown} (bridge add or bridge run creates it)")
 
 
 def _must_read_only(database: str | None) -> bool:
     """Whether an existing SQLite file can only be read here (file or folder not writable)."""
-    if not _is_file(database):
+    if not is_file(database):
         return False
     folder = os.path.dirname(os.path.abspath(str(database)))
     return not os.access(str(database), os.W_OK) or not os.access(folder, os.W_OK | os.X_OK)
 
 
 def _read_only_sqlite(database: str) -> Engine:
-    """An engine that can only read: ``mode=ro``, and ``immutable`` when the folder cannot
-    hold the WAL index SQLite would otherwise need to create."""
-    path = os.path.abspath(database)
-    folder_writable = os.access(os.path.dirname(path), os.W_OK | os.X_OK)
-    options = "mode=ro" if folder_writable or os.path.exists(f"{path}-shm") else "immutable=1"
-    uri = f"file:{quote(path)}?{options}"
+    """An engine that can only read (``preflight.read_only_uri``)."""
 
     def connect() -> sqlite3.Connection:
-        return sqlite3.connect(
-            uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
-        )
+        return connect_read_only(database)
 
     return create_engine("sqlite://", creator=connect)
 
 
 def _check_sqlite_path(database: str | None, *, read_only: bool = False) -> None:
-    if not _is_file(database):
+    if not is_file(database):
         return
     database = str(database)
     try:

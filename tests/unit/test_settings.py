@@ -167,6 +167,26 @@ def test_help_names_the_environment_variable_of_every_global_option():
     for name in ("DATABASE_URL", "REDIS_URL", "QUEUE", "SLOTS", "HANDLERS", "WORKER_CLASS"):
         assert f"BRIDGE_{name}" in result.output
     assert "BRIDGE_MAX_OUTPUT" in result.output
+    assert "BRIDGE_AUTO_MIGRATE" in result.output
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("0", False), ("false", False), ("off", False), ("1", True), ("yes", True)],
+)
+def test_auto_migrate_from_the_environment_and_back(value, expected):
+    from bridge.settings import Settings
+
+    settings = Settings.from_env({"BRIDGE_AUTO_MIGRATE": value})
+    assert settings.auto_migrate is expected
+    assert Settings.from_env(settings.as_env()).auto_migrate is expected
+
+
+def test_auto_migrate_must_be_a_yes_or_no():
+    from bridge.settings import Settings
+
+    with pytest.raises(SettingsError, match="BRIDGE_AUTO_MIGRATE must be 1 or 0"):
+        Settings.from_env({"BRIDGE_AUTO_MIGRATE": "maybe"})
 
 
 # --------------------------------------------------------------------------- redact_url
