@@ -10,6 +10,7 @@ before the database is opened, and its checksum again as the rows go in (an erro
 the end rolls everything back).
 """
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
@@ -25,10 +26,13 @@ from bridge.settings import redact_text
 from bridge.store.archive import TABLES, Header, dump, read_rows
 from bridge.store.engine import StoreError, _where, writing
 from bridge.store.schema import META
-from bridge.store.tables import EDGES, EVENTS, SLOTS, TASKS
+from bridge.store.tables import EDGES, EVENTS, LEASES, SLOTS, TASKS
 
 WRITE_CHUNK = 1000
 """Rows per bulk insert."""
+
+DISPATCHER_LEASE = "dispatcher"
+"""The start of every dispatcher lease's name (``bridge.dispatcher.LEASE_NAME``)."""
 
 NAMED_CONFLICTS = 3
 """Task ids a refused ``--merge`` names."""
@@ -82,6 +86,8 @@ def restore(engine: Engine, path: str | Path, *, mode: Mode) -> dict[str, int]:
 
 
 def _load(conn: Connection, path: str | Path, *, mode: Mode, target: str) -> dict[str, int]:
+    if mode is not Mode.MERGE:
+        _refuse_running_dispatcher(conn, target)
     if mode is Mode.RESTORE:
         _require_empty(conn, target)
     elif mode is Mode.REPLACE:
@@ -136,6 +142,20 @@ def _require_empty(conn: Connection, target: str) -> None:
         raise StoreError(
             f"database {target} is not empty ({tasks} task(s)):"
             " use --replace --yes to replace its contents, or --merge to add to them"
+        )
+
+
+def _refuse_running_dispatcher(conn: Connection, target: str) -> None:
+    """A restore swaps the database's identity and tasks: a dispatcher running on it would
+    go on with the old namespace in memory. Its lease (not yet expired) says it runs."""
+    holder = conn.execute(
+        select(LEASES.c.holder)
+        .where(LEASES.c.name.startswith(DISPATCHER_LEASE, autoescape=True))
+        .where(LEASES.c.expires_at > time.time())
+    ).scalar()
+    if holder is not None:
+        raise StoreError(
+            f"dispatcher {holder} is running on database {target}: stop it before restoring"
         )
 
 

@@ -9,11 +9,12 @@ import gzip
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 from backup_helpers import canonical, fill_every_state, lines, write_lines
-from helpers import bridge, file_digest
+from helpers import bridge, file_digest, query
 
 from bridge import graph, store
 from bridge.store.archive import dump
@@ -257,6 +258,27 @@ def test_a_write_failing_half_way_leaves_no_partial_file(tmp_path, source, monke
 
 
 # ------------------------------------------------------------------------------ replace, merge
+
+
+def test_restore_refuses_a_database_a_dispatcher_runs_on(tmp_path, source, backup_file):
+    # Given a target whose dispatcher holds its lease
+    target_path = tmp_path / "served.db"
+    target = f"sqlite:///{target_path}"
+    fill_every_state(target, prefix="other-")
+    query(
+        target_path,
+        "INSERT INTO leases (name, holder, expires_at, acquired_at) VALUES (?, ?, ?, ?)",
+        "dispatcher",
+        "host-1-42",
+        time.time() + 600,
+        time.time(),
+    )
+    before = canonical(target)
+    # When it is replaced
+    result = bridge("db", "restore", str(backup_file), "--replace", "--yes", env=env_for(target))
+    # Then it is refused: the dispatcher would go on under the old identity
+    assert "dispatcher host-1-42 is running" in one_error_line(result)
+    assert canonical(target) == before
 
 
 def test_replace_yes_replaces_every_row(tmp_path, source, backup_file):
