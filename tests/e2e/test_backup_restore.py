@@ -415,3 +415,39 @@ def test_backup_reads_in_chunks(tmp_path, monkeypatch):
     assert bridge("db", "restore", str(tmp_path / "many.gz"), env=env_for(target)).returncode == 0
     assert canonical(target) == canonical(url)
     assert gzip.open(tmp_path / "many.gz").read().count(b'"table":"task_edges"') == 13
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_backup_is_one_moment_even_while_others_write(tmp_path, monkeypatch, backend, request):
+    """Rows committed by others while a backup reads are not in it, on either backend."""
+    from sqlalchemy import text as sql
+
+    from bridge.store import archive
+
+    url = (
+        request.getfixturevalue("pg_url")
+        if backend == "postgresql"
+        else f"sqlite:///{tmp_path / 'busy.db'}"
+    )
+    fill_every_state(url)
+    expected = canonical(url)
+    engine = store.open_engine(url)
+    real_counts = archive._counts
+
+    def counts_then_someone_writes(conn, ids):
+        counts = real_counts(conn, ids)  # the snapshot has begun
+        with store.writing(engine) as session:  # another transaction, committed meanwhile
+            store.add_tasks(session=session, specs=[graph.make_spec(task_id="late")])
+            session.connection().execute(sql("UPDATE tasks SET description = 'changed'"))
+        return counts
+
+    monkeypatch.setattr(archive, "_counts", counts_then_someone_writes)
+    monkeypatch.setattr(archive, "READ_CHUNK", 2)
+    try:
+        backup(engine, tmp_path / "moment.gz")
+    finally:
+        engine.dispose()
+    target = f"sqlite:///{tmp_path / 'copy.db'}"
+    assert bridge("db", "restore", str(tmp_path / "moment.gz"), env=env_for(target)).returncode == 0
+    assert canonical(target) == expected
+    assert canonical(url) != expected  # the writes did happen
