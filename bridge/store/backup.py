@@ -10,6 +10,7 @@ before the database is opened, and its checksum again as the rows go in (an erro
 the end rolls everything back).
 """
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -78,11 +79,24 @@ def restore(engine: Engine, path: str | Path, *, mode: Mode) -> dict[str, int]:
     url = engine.url.render_as_string(hide_password=False)
     target = _where(url)
     try:
-        with writing(engine) as session:
+        with _driver_quiet(), writing(engine) as session:
             return _load(session.connection(), path, mode=mode, target=target)
     except DBAPIError as exc:  # a constraint, a permission: nothing was written
         message = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
         raise StoreError(f"cannot restore into {target}: {redact_text(message, url)}") from None
+
+
+@contextmanager
+def _driver_quiet() -> Iterator[None]:
+    """psycopg logs a warning of its own when a failed bulk insert ends its pipeline; the
+    error this module raises already says what failed, in one line."""
+    driver_log = logging.getLogger("psycopg")
+    level = driver_log.level
+    driver_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        driver_log.setLevel(level)
 
 
 def _load(conn: Connection, path: str | Path, *, mode: Mode, target: str) -> dict[str, int]:

@@ -58,19 +58,23 @@ def test_backup_of_a_running_graph_restores_and_a_dispatcher_finishes_it(
         processes.start("worker", "--quiet", env=env),
     ]
     wait_until(lambda: done_count(db_path) >= 300, timeout=60)
-    # When a backup is taken while they keep going
+    # When a backup is taken while they keep going (again if it caught the instant between
+    # two ticks when nothing is in flight: the restore must have in-flight tasks to resolve)
     snapshot = tmp_path / "live.bridge.gz"
-    started = time.monotonic()
-    taken = bridge("db", "backup", str(snapshot), env=env)
-    took = time.monotonic() - started
-    assert taken.returncode == 0, taken.stderr
+    for _ in range(8):
+        started = time.monotonic()
+        taken = bridge("db", "backup", str(snapshot), env=env)
+        took = time.monotonic() - started
+        assert taken.returncode == 0, taken.stderr
+        items = lines(snapshot)
+        tasks = {i["row"]["id"]: i["row"] for i in items if i.get("table") == "tasks"}
+        in_flight = {i for i, t in tasks.items() if t["status"] in ("queued", "working")}
+        if in_flight:
+            break
     # Then the snapshot is of the graph mid-run...
-    items = lines(snapshot)
-    tasks = {i["row"]["id"]: i["row"] for i in items if i.get("table") == "tasks"}
     edges = [i["row"] for i in items if i.get("table") == "task_edges"]
     events = [i["row"] for i in items if i.get("table") == "task_events"]
     states = Counter(t["status"] for t in tasks.values())
-    in_flight = {i for i, t in tasks.items() if t["status"] in ("queued", "working")}
     assert len(tasks) == LAYERS * WIDTH and len(edges) == 2 * (LAYERS - 1) * WIDTH
     assert 300 <= states["done"] < len(tasks), states
     assert in_flight, states
@@ -87,8 +91,8 @@ def test_backup_of_a_running_graph_restores_and_a_dispatcher_finishes_it(
     for event in sorted(events, key=lambda e: e["id"]):
         last_event[event["task_id"]] = event["to_status"]
     assert last_event == {i: t["status"] for i, t in tasks.items()}
-    # And the running graph was not held up: it goes on to the end
-    assert bridge("wait", "--timeout", "60", "--quiet", env=env, timeout=90).returncode == 0
+    # And the running graph was not held up: it goes on (then it is stopped, to free the CPU)
+    wait_until(lambda: done_count(db_path) >= states["done"] + 200, timeout=30)
     for process in running:
         processes.stop(process)
 
