@@ -73,8 +73,8 @@ def restore(engine: Engine, path: str | Path, *, mode: Mode) -> dict[str, int]:
     """Load the backup at ``path`` in one transaction; row counts per table written.
 
     Tasks that were ``queued`` or ``working`` in the snapshot stay so: the dispatcher's
-    start-up reconciliation finds their jobs missing from Redis (or from this database's
-    namespace) and sends them again as new attempts.
+    start-up reconciliation judges them as it judges any task in flight after a crash
+    (a job Redis does not have is sent again as a new attempt).
     """
     url = engine.url.render_as_string(hide_password=False)
     target = _where(url)

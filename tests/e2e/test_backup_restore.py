@@ -6,6 +6,7 @@ leaves no file behind.
 """
 
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -150,7 +151,26 @@ def _unknown_column(path: Path) -> None:
     write_lines(path, items)
 
 
+def _line_after_end(path: Path) -> None:
+    items = lines(path)
+    write_lines(path, [*items, items[1]])
+
+
+def _counts_disagree(path: Path) -> None:
+    """A header that lies about its counts, with a checksum made to match."""
+    items = lines(path)
+    items[0]["counts"]["tasks"] += 1
+    body = [
+        (json.dumps(i, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        for i in items[:-1]
+    ]
+    trailer = {"end": True, "sha256": hashlib.sha256(b"".join(body)).hexdigest()}
+    write_lines(path, [], raw=[*body, (json.dumps(trailer) + "\n").encode()])
+
+
 BAD_FILES = {
+    "line after end": (_line_after_end, "after its end line"),
+    "counts disagree": (_counts_disagree, "header counts"),
     "truncated": (_truncated, "truncated"),
     "altered": (_altered, "checksum mismatch"),
     "no end line": (_no_end_line, "truncated"),
