@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 from backup_helpers import lines
-from helpers import bridge, query, wait_until
+from helpers import bridge, bridge_json, query, wait_until
 
+from bridge import graph, store
 from bridge.redis_server import PrivateRedis
 
 LAYERS, WIDTH = 20, 100
@@ -127,3 +128,38 @@ def test_backup_of_a_running_graph_restores_and_a_dispatcher_finishes_it(
     }
     assert resent == in_flight
     print(f"backup of a running 2,000-task graph took {took:.2f}s ({len(in_flight)} in flight)")
+
+
+def test_moving_to_postgresql_as_the_readme_says_then_dispatching_there(
+    tmp_path, bridge_env, db_url, processes, pg_url
+):
+    # Given a SQLite database with a graph half dispatched (tasks queued, jobs in a Redis
+    # that the move leaves behind)
+    specs = [
+        graph.make_spec(task_id=f"m{i:02}", dependencies=[f"m{i - 1:02}"] if i % 4 else [])
+        for i in range(40)
+    ]
+    engine = store.open_engine(db_url)
+    try:
+        with store.writing(engine) as session:
+            store.add_tasks(session=session, specs=specs)
+            store.reset_slots(session=session, slots=5)
+            queued = {d.task_id for d in store.claim_ready(session=session, slots=5)}
+    finally:
+        engine.dispose()
+    assert len(queued) == 5
+    # When it is moved with the README's three commands
+    env = {**bridge_env, "BRIDGE_WORKER_CLASS": "simple"}
+    moved = tmp_path / "bridge-backup.jsonl.gz"
+    assert bridge("db", "backup", str(moved), env=env).returncode == 0
+    on_pg = {**env, "BRIDGE_DATABASE_URL": pg_url}
+    restored = bridge("db", "restore", str(moved), env=on_pg)
+    assert restored.returncode == 0, restored.stderr
+    processes.start("dispatch", env=on_pg)
+    processes.start("worker", "--quiet", env=on_pg)
+    # Then the dispatcher on PostgreSQL sends the queued tasks again and finishes the graph
+    waited = bridge("wait", "--timeout", "60", "--quiet", env=on_pg, timeout=90)
+    assert waited.returncode == 0, waited.stderr + processes.logs()
+    tasks = {t["id"]: t for t in bridge_json("list", env=on_pg)}
+    assert {t["status"] for t in tasks.values()} == {"done"} and len(tasks) == 40
+    assert {t["id"] for t in tasks.values() if t["attempts"] == 2} == queued
