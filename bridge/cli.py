@@ -596,6 +596,48 @@ def db_history(context: Context) -> None:
         click.echo(f"{shown}: {revision.doc.splitlines()[0] if revision.doc else ''}")
 
 
+def _counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {table}" for table, n in counts.items())
+
+
+@db.command("backup")
+@click.argument("path")
+@pass_context
+def db_backup(context: Context, path: str) -> None:
+    """Write a consistent backup of the database to PATH (gzip JSON Lines) while the
+    dispatcher and workers keep running. Leases are not included."""
+    result = usecases.backup(context, path)
+    click.echo(f"backed up to {path}: {_counts_text(result.counts)}")
+    warn_all(result.warnings)
+
+
+@db.command("restore")
+@click.argument("path")
+@click.option("--replace", is_flag=True, help="Delete every task of the target first.")
+@click.option("--yes", is_flag=True, help="Confirm --replace.")
+@click.option("--merge", is_flag=True, help="Add the file's tasks to a live database.")
+@pass_context
+def db_restore(context: Context, path: str, replace: bool, yes: bool, merge: bool) -> None:
+    """Load a backup (or a prune archive) from PATH into the database, all or nothing.
+
+    The target must hold no task, unless --replace --yes (its tasks, history and slots
+    are deleted in the same transaction) or --merge (the file's tasks are added; an id
+    already there refuses the whole merge). Works into SQLite or PostgreSQL alike.
+    """
+    if replace and merge:
+        fail("--replace and --merge cannot be used together", 2)
+    if replace and not yes:
+        fail("--replace deletes every task of the target first; add --yes to confirm", 2)
+    context.create = True  # restoring is how a new database (e.g. PostgreSQL) is filled
+    result = usecases.restore(context, path, replace=replace, merge=merge)
+    verb = "merged" if merge else "restored"
+    click.echo(
+        f"{verb} {path} (backup of {result.created_at}, schema {result.schema}):"
+        f" {_counts_text(result.counts)}"
+    )
+    warn_all(result.warnings)
+
+
 def main() -> None:
     """Entry point: turns every expected failure into one ``error:`` line."""
     try:

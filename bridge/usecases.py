@@ -480,3 +480,48 @@ def db_history(app: App) -> SchemaHistory:
             refuse(looked.state, migrate.where_of(url))
         current = looked.state.shown
     return SchemaHistory(migrate.history(), current)
+
+
+# ------------------------------------------------------------------------------ db backup
+
+
+@dataclass
+class BackedUp:
+    path: str
+    counts: dict[str, int]
+    warnings: list[str] = field(default_factory=list)
+
+
+def backup(app: App, path: str) -> BackedUp:
+    """Write a consistent backup of the database to ``path`` while everything keeps running."""
+    from bridge.store.backup import backup as write_backup
+
+    return BackedUp(path=path, counts=write_backup(app.engine, path))
+
+
+@dataclass
+class Restored:
+    path: str
+    counts: dict[str, int]
+    schema: str
+    created_at: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def restore(app: App, path: str, *, replace: bool = False, merge: bool = False) -> Restored:
+    """Load a backup (or a prune archive) into the database, all or nothing.
+
+    The file is checked whole before the database is opened, so a bad file leaves the
+    target untouched (not even created). Without ``replace`` or ``merge`` the target must
+    hold no task. With ``merge`` a running dispatcher is woken for what came back.
+    """
+    from bridge.store.archive import read_header
+    from bridge.store.backup import Mode
+    from bridge.store.backup import restore as load_backup
+
+    header = read_header(path)
+    mode = Mode.MERGE if merge else Mode.REPLACE if replace else Mode.RESTORE
+    counts = load_backup(app.engine, path, mode=mode)
+    if merge:
+        app.nudge()
+    return Restored(path=path, counts=counts, schema=header.schema, created_at=header.created_at)

@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, update
 from sqlmodel import Session
 
-from bridge.models import Lease, Task, TaskEdge, TaskEvent, WorkerSlot
+from bridge.models import Lease, Meta, Task, TaskEdge, TaskEvent, WorkerSlot
 
 TASKS = Task.__table__
 
@@ -21,6 +21,9 @@ SLOTS = WorkerSlot.__table__
 
 
 LEASES = Lease.__table__
+
+
+META = Meta.__table__
 
 
 _CHUNK = 500
