@@ -191,15 +191,9 @@ def prune_batch(
     Pieces of components in ``skip`` (found changed by an earlier batch) are left alone.
     """
     skip = skip or set()
-    result = BatchResult()
-    going: list[str] = []
-    for piece in batch:
-        if piece.component in skip or piece.component in result.kept:
-            continue
-        if _still_prunable(session, piece.check, cutoff):
-            going.extend(piece.delete)
-        else:
-            result.kept.add(piece.component)
+    pieces = [p for p in batch if p.component not in skip]
+    result = BatchResult(kept=_changed(session, pieces, cutoff))
+    going = [t for p in pieces if p.component not in result.kept for t in p.delete]
     if not going:
         return result
     conn = session.connection()
@@ -213,28 +207,30 @@ def prune_batch(
     return result
 
 
-def _still_prunable(session: Session, members: Sequence[str], cutoff: str) -> bool:
-    """Whether ``members`` may all still go: locked (PostgreSQL), finished before the
-    cutoff, held by no slot, and with no edge to a task outside them."""
+def _changed(session: Session, pieces: Sequence[Piece], cutoff: str) -> set[int]:
+    """The components among ``pieces`` that no longer obey the rule. Each piece's
+    ``check`` members are locked (PostgreSQL; SQLite's write lock covers the whole
+    file) and must still be finished before the cutoff, held by no slot, and joined
+    by no edge to a task outside them."""
     conn = session.connection()
-    inside = set(members)
-    for ids in _chunks(members):
+    owner = {task_id: piece.component for piece in pieces for task_id in piece.check}
+    changed: set[int] = set()
+    for ids in _chunks(list(owner)):
         rows = conn.execute(
-            select(TASKS.c.status, FINISHED_AT.label("finished_at"))
+            select(TASKS.c.id, TASKS.c.status, FINISHED_AT.label("finished_at"))
             .where(TASKS.c.id.in_(ids))
             .with_for_update()
-        ).all()
-        if any(r.status not in FINISHED or r.finished_at is None for r in rows):
-            return False
-        if any(r.finished_at >= cutoff for r in rows):
-            return False
-        if conn.execute(select(SLOTS.c.slot).where(SLOTS.c.task_id.in_(ids)).limit(1)).first():
-            return False
+        )
+        for row in rows:
+            if row.status not in FINISHED or row.finished_at is None or row.finished_at >= cutoff:
+                changed.add(owner[row.id])
+        for (task_id,) in conn.execute(select(SLOTS.c.task_id).where(SLOTS.c.task_id.in_(ids))):
+            changed.add(owner[task_id])
         for a, b in conn.execute(
             select(EDGES.c.task_id, EDGES.c.depends_on).where(
                 or_(EDGES.c.task_id.in_(ids), EDGES.c.depends_on.in_(ids))
             )
         ):
-            if a not in inside or b not in inside:
-                return False
-    return True
+            if owner.get(a) != owner.get(b):
+                changed.update(owner[t] for t in (a, b) if t in owner)
+    return changed

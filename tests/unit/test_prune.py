@@ -46,14 +46,13 @@ def add(app, *edges: tuple[str, ...]) -> None:
 
 def finish(app, ids, status="done", at=OLD, *, completed=True) -> None:
     with store.writing(app.engine) as session:
-        for task_id in ids:
-            session.execute(
-                text(
-                    "UPDATE tasks SET status = :s, completed_at = :c, updated_at = :u,"
-                    " pending_deps = 0 WHERE id = :id"
-                ),
-                {"s": status, "c": at if completed else None, "u": at, "id": task_id},
-            )
+        session.execute(
+            text(
+                "UPDATE tasks SET status = :s, completed_at = :c, updated_at = :u,"
+                " pending_deps = 0 WHERE id = :id"
+            ),
+            [{"s": status, "c": at if completed else None, "u": at, "id": t} for t in ids],
+        )
 
 
 def ids(app) -> set[str]:
