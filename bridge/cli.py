@@ -173,6 +173,13 @@ def warn_all(warnings: list[str]) -> None:
     help="The dispatcher prunes finished graphs older than this (e.g. 30d), at most"
     " once an hour. [default: off]",
 )
+@click.option(
+    "--retention-every",
+    envvar="BRIDGE_RETENTION_EVERY",
+    type=float,
+    hidden=True,
+    help="Seconds between the dispatcher's retention passes. [default: 3600]",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 @click.version_option(package_name="bridge")
 @click.pass_context

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from bridge import store, usecases
 from bridge.app import App
 from bridge.graph import make_spec
-from bridge.settings import Settings
+from bridge.settings import Settings, SettingsError, parse_duration
 from bridge.store import prune as pruning
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
@@ -214,3 +214,24 @@ def test_archive_failure_deletes_nothing(app, tmp_path):
 
     assert dump(app) == before
     assert not list(tmp_path.glob("no-such-folder*"))
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("90m", 5400), ("12h", 43200), ("30d", 2592000), ("2w", 1209600), ("1.5h", 5400)],
+)
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "30", "30x", "-5d", "0m", "d", "1.5.2h", "30 days"])
+def test_bad_durations(text):
+    with pytest.raises(SettingsError, match="give a number above 0 and a unit"):
+        parse_duration(text)
+
+
+def test_retention_is_off_by_default_and_checked_when_set():
+    assert Settings.from_env({}).retention_seconds is None
+    assert Settings.from_env({"BRIDGE_RETENTION": "30d"}).retention_seconds == 30 * 86400
+    with pytest.raises(SettingsError, match="bad BRIDGE_RETENTION '30'"):
+        Settings.from_env({"BRIDGE_RETENTION": "30"})
