@@ -583,6 +583,8 @@ def db_prune(context: Context, older_than: str, archive: str | None, dry_run: bo
     result = usecases.prune(context, older_than, archive=archive, dry_run=dry_run)
     for line in render_prune(result):
         click.echo(line)
+    if archive is not None and result.archived is None:
+        click.echo(f"no archive written to {archive} (nothing was deleted)")
     warn_all(result.warnings)
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -58,17 +59,17 @@ def task_ids(db: Path) -> set[str]:
     return {r[0] for r in query(db, "SELECT id FROM tasks")}
 
 
-@pytest.mark.parametrize("duration", ["30", "30x", "-5d", "0m", "d", "1.5.2h", ""])
-def test_bad_durations_are_one_line_errors(duration, env, db_path, tmp_path):
+def test_bad_durations_are_one_line_errors(env, db_path, tmp_path):
     add_graph(db_path, [("a",)], env, tmp_path)
     age(db_path, ["a"])
     before = canonical(db_path)
 
-    result = bridge("db", "prune", "--older-than", duration, env=env)
+    for duration in ("30", "30x", "-5d", "0m", "d", "1.5.2h", ""):
+        result = bridge("db", "prune", "--older-than", duration, env=env)
 
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
-    assert "--older-than" in result.stderr and "Traceback" not in result.stderr
+        assert result.returncode == 2, duration
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+        assert "--older-than" in result.stderr and "Traceback" not in result.stderr
     assert canonical(db_path) == before
 
 
@@ -157,6 +158,7 @@ def test_a_concurrent_retry_is_never_lost(env, db_path, db_url, tmp_path):
             except StoreError as exc:
                 assert "no task" in str(exc) or "changed while retrying" in str(exc), exc
                 refused.append(f"q{n}")
+            time.sleep(0.01)  # spread the retries over the prune's planning and batches
 
     # When a prune runs while q-tasks are being retried
     thread = threading.Thread(target=retry_while_pruning)
