@@ -191,7 +191,8 @@ def test_an_archive_restores_with_merge(env, db_path, tmp_path):
     before = query(db_path, "SELECT * FROM tasks ORDER BY id")
     edges = query(db_path, "SELECT * FROM task_edges")
     archive = tmp_path / "a.gz"
-    assert bridge("db", "prune", "--older-than", "30d", "--archive", str(archive), env=env)
+    pruned = bridge("db", "prune", "--older-than", "30d", "--archive", str(archive), env=env)
+    assert pruned.returncode == 0, pruned.stderr
     assert task_ids(db_path) == {"live"}
 
     restored = bridge("db", "restore", "--merge", str(archive), env=env)
