@@ -199,11 +199,18 @@ class CommandMeter:
 
 
 def spawn_bridge(
-    env: Env, procs: Processes, db: Path, workers: int, worker_class: str
+    env: Env,
+    procs: Processes,
+    db: Path,
+    workers: int,
+    worker_class: str,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[Popen[bytes], list[Popen[bytes]]]:
-    """A real ``bridge dispatch`` and ``workers`` real ``bridge worker --quiet``; no waiting."""
+    """A real ``bridge dispatch`` and ``workers`` real ``bridge worker --quiet``; no waiting.
+
+    ``extra_env`` goes to the dispatcher only (e.g. ``BRIDGE_RETENTION``)."""
     penv = env.bridge_env(db, worker_class)
-    dispatcher = procs.start("dispatch", [*BRIDGE, "dispatch"], penv)
+    dispatcher = procs.start("dispatch", [*BRIDGE, "dispatch"], {**penv, **(extra_env or {})})
     started = [
         procs.start(f"worker{i + 1}", [*BRIDGE, "worker", "--quiet"], penv) for i in range(workers)
     ]

@@ -35,7 +35,7 @@ import rq  # noqa: E402
 
 from benchmarks.harness import Env  # noqa: E402
 from benchmarks.report import Row, bench_json, markdown_table, noise_summary, text_table  # noqa: E402
-from benchmarks.scenarios import SCENARIOS, run_all  # noqa: E402
+from benchmarks.scenarios import DEFAULT_SCENARIOS, SCENARIOS, run_all  # noqa: E402
 from bridge.redis_server import PrivateRedis  # noqa: E402
 
 WORKER_CLASSES = ("simple", "fork")
@@ -47,6 +47,7 @@ QUICK = {
     "memory_tasks": 300,
     "memory_graph": 2_000,
     "memory_seconds": 2.0,
+    "prune": 2_000,
     "repeat": 1,
 }
 
@@ -75,7 +76,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         " [default: simple,fork]",
     )
     add("--slots", type=int, default=64, help="BRIDGE_SLOTS [default: 64]")
-    add("--only", default=",".join(SCENARIOS), help="comma-separated scenarios [default: all]")
+    add("--prune", type=int, default=100_000, help="scenario 6: old tasks pruned [default: 100000]")
+    add(
+        "--only",
+        default=",".join(DEFAULT_SCENARIOS),
+        help=f"comma-separated scenarios of {', '.join(SCENARIOS)}"
+        f" [default: {','.join(DEFAULT_SCENARIOS)}]",
+    )
     add("--timeout", type=float, default=600.0, help="per-run time limit in seconds")
     add("--quick", action="store_true", help="small sizes and one round: a smoke run")
     add("--keep", action="store_true", help="keep scratch files and process logs")
@@ -101,7 +108,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def config_of(args: argparse.Namespace) -> dict[str, object]:
     keys = ("tasks", "chain", "history", "bulk", "memory_tasks", "memory_graph")
-    keys += ("memory_seconds", "repeat", "worker_classes", "slots", "quick")
+    keys += ("memory_seconds", "prune", "repeat", "worker_classes", "slots", "quick")
     return {**{k: getattr(args, k) for k in keys}, "scenarios": sorted(args.only)}
 
 
@@ -155,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"sizes: --tasks {args.tasks} --chain {args.chain} --history {args.history}"
         f" --bulk {args.bulk} --memory-tasks {args.memory_tasks}"
         f" --memory-graph {args.memory_graph} --memory-seconds {args.memory_seconds:g}"
+        + (f" --prune {args.prune}" if "prune" in args.only else "")
     )
     print(text_table(rows))
     noise = noise_summary(results.raw)

@@ -41,6 +41,7 @@ from benchmarks.harness import (
 from benchmarks.workloads import (
     chain_specs,
     fill_history,
+    link_history,
     noop_specs,
     preload_bridge,
     preload_rq,
@@ -52,9 +53,15 @@ Numbers = dict[str, float]
 
 
 def _start_bridge(
-    env: Env, procs: Processes, db: Path, workers: int, worker_class: str, meter: CpuMeter
+    env: Env,
+    procs: Processes,
+    db: Path,
+    workers: int,
+    worker_class: str,
+    meter: CpuMeter,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[Popen[bytes], list[Popen[bytes]]]:
-    dispatcher, started = spawn_bridge(env, procs, db, workers, worker_class)
+    dispatcher, started = spawn_bridge(env, procs, db, workers, worker_class, extra_env)
     meter.add("dispatcher", dispatcher.pid)
     for i, proc in enumerate(started):
         meter.add(f"worker{i + 1}", proc.pid)
@@ -117,6 +124,45 @@ def bridge_throughput(env: Env, tasks: int, worker_class: str, history: int = 0)
             profiling.collect(env, spies, f"{worker_class}-h{history}")
     cpu["client"] = client_cpu
     return {**_timed(tasks, t0, ends, cpu, noise, commands), "dispatcher_hwm_kb": hwm or 0}
+
+
+def bridge_pruning(env: Env, tasks: int, worker_class: str, history: int, prune: bool) -> Numbers:
+    """Scenario 6: ``tasks`` noops over ``history`` old finished tasks (graphs of 10),
+    with the dispatcher pruning them (``BRIDGE_RETENTION=1d``) or not; 2 workers."""
+    label = "prune" if prune else "keep"
+    with env.sandbox(f"bridge-{label}-{worker_class}-h{history}") as (folder, procs):
+        db, engine = new_db(folder)
+        fill_history(db, history)
+        link_history(db, history, group=10)
+        preload_bridge(engine, noop_specs(tasks))
+        engine.dispose()
+        meter = CpuMeter({"redis": env.redis_pid()})
+        load = LoadMeter()
+        extra = {"BRIDGE_RETENTION": "1d"} if prune else None
+        t0 = time.perf_counter()
+        dispatcher, workers = _start_bridge(env, procs, db, 2, worker_class, meter, extra)
+        ends = wait_bridge_done(db, [dispatcher, *workers], procs, env.args.timeout)
+        cpu = meter.stop()
+        noise = load.stop(sum(cpu.values()))
+        with open_sqlite(db) as conn:
+            left = conn.execute("SELECT count(*) FROM tasks WHERE id LIKE 'h%'").fetchone()[0]
+        seconds_to_all = None
+        if prune:  # how long the dispatcher takes to prune all of it (after the timed window)
+            deadline = time.monotonic() + env.args.timeout
+            while left and time.monotonic() < deadline and dispatcher.poll() is None:
+                time.sleep(0.25)
+                with open_sqlite(db) as conn:
+                    left_now = conn.execute(
+                        "SELECT count(*) FROM tasks WHERE id LIKE 'h%'"
+                    ).fetchone()[0]
+                if not left_now:
+                    seconds_to_all = time.perf_counter() - t0
+                    break
+    numbers = _timed(tasks, t0, ends, cpu, noise)
+    numbers["history_pruned_in_window"] = history - left
+    if seconds_to_all is not None:
+        numbers["seconds_to_prune_all"] = seconds_to_all
+    return numbers
 
 
 def rq_throughput(env: Env, jobs: int, worker_class: str) -> Numbers:

@@ -27,6 +27,7 @@ CHAIN_TARGET = 1.0
 HISTORY_TARGET = 0.9
 BULK_TARGET = 0.5
 MEMORY_LIMIT_MB = 150.0
+PRUNE_TARGET = 0.8
 PROCESSES = ("dispatcher", "worker1", "worker2", "redis", "client")
 
 
@@ -383,7 +384,76 @@ def memory(env: Env, res: Results) -> None:
         )
 
 
-SCENARIOS = ("throughput", "chain", "history", "bulk", "memory")
+def pruning(env: Env, res: Results) -> None:
+    """Scenario 6: throughput while the dispatcher prunes ``--prune`` old finished tasks
+    (``BRIDGE_RETENTION``), against the same database with retention off, same run."""
+    args = env.args
+    worker_class = args.worker_classes[0]
+    tasks, history = args.tasks, args.prune
+    print(
+        f"[6] pruning, {worker_class}: {tasks} noop tasks over {history} old finished tasks"
+        " (graphs of 10), retention off / on",
+        file=sys.stderr,
+    )
+    runs = rounds(
+        env,
+        [
+            (
+                "retention off",
+                lambda: measure.bridge_pruning(env, tasks, worker_class, history, False),
+            ),
+            ("pruning", lambda: measure.bridge_pruning(env, tasks, worker_class, history, True)),
+        ],
+    )
+    k_runs = res.raw[f"prune_off_{worker_class}"] = runs["retention off"]
+    p_runs = res.raw[f"prune_on_{worker_class}"] = runs["pruning"]
+    p, k = median(p_runs, "per_second"), median(k_runs, "per_second")
+    scenario = f"6 pruning, {worker_class}"
+    res.rows.append(
+        ratio_row(
+            scenario,
+            f"tasks/s while pruning {history}",
+            p,
+            k,
+            f">= {PRUNE_TARGET}",
+            p / k >= PRUNE_TARGET,
+            note="the 'plain RQ' column here is bridge on the same database with retention off;"
+            f" {paired_ratios(p_runs, k_runs, 'per_second')}",
+        )
+    )
+    res.rows.append(
+        Row(
+            scenario,
+            "old tasks pruned in the window",
+            median(p_runs, "history_pruned_in_window"),
+            target="(info)",
+            note=f"of {history}, between the processes' start and the last of the {tasks} done",
+        )
+    )
+    if all("seconds_to_prune_all" in r for r in p_runs):
+        res.rows.append(
+            Row(
+                scenario,
+                "s to prune all",
+                median(p_runs, "seconds_to_prune_all"),
+                target="(info)",
+                note="from the processes' start until no old task was left",
+            )
+        )
+    res.rows.append(
+        ratio_row(
+            scenario,
+            "dispatcher CPU ms/task",
+            median(p_runs, "cpu_ms_dispatcher"),
+            median(k_runs, "cpu_ms_dispatcher"),
+            note="over the timed window; pruning's planning and deletes included",
+        )
+    )
+
+
+SCENARIOS = ("throughput", "chain", "history", "bulk", "memory", "prune")
+DEFAULT_SCENARIOS = ("throughput", "chain", "history", "bulk", "memory")
+"""What a plain run measures; ``--only prune`` (or a list naming it) adds scenario 6."""
 
 
 def run_all(env: Env, on_error: Callable[[str, Exception], Row]) -> Results:
@@ -402,6 +472,8 @@ def run_all(env: Env, on_error: Callable[[str, Exception], Row]) -> Results:
         steps.append(("4 bulk add", lambda: bulk(env, res)))
     if "memory" in only:
         steps.append(("5 memory", lambda: memory(env, res)))
+    if "prune" in only:
+        steps.append(("6 pruning", lambda: pruning(env, res)))
     for name, step in steps:
         try:
             step()

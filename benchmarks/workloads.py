@@ -85,6 +85,17 @@ def fill_history(db: Path, count: int) -> None:
         conn.execute("COMMIT")
 
 
+def link_history(db: Path, count: int, group: int) -> None:
+    """Edges among ``fill_history``'s tasks: each run of ``group`` is a chain (a graph)."""
+    with open_sqlite(db) as conn:
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO task_edges (task_id, depends_on) VALUES (?, ?)",
+            ((f"h{i:07d}", f"h{i - 1:07d}") for i in range(count) if i % group),
+        )
+        conn.execute("COMMIT")
+
+
 def preload_bridge(engine: Any, specs: list[TaskSpec]) -> float:
     """Commit ``specs`` as ``bridge add`` does (one transaction); returns the CPU it took."""
     own = time.process_time()

@@ -175,6 +175,20 @@ def warn_all(warnings: list[str]) -> None:
     help="Upgrade an older database schema on open (under a lock); off: refuse and say"
     " to run 'bridge db upgrade'. [default: on]",
 )
+@click.option(
+    "--retention",
+    envvar="BRIDGE_RETENTION",
+    show_envvar=True,
+    help="The dispatcher prunes finished graphs older than this (e.g. 30d), at most"
+    " once an hour. [default: off]",
+)
+@click.option(
+    "--retention-every",
+    envvar="BRIDGE_RETENTION_EVERY",
+    type=float,
+    hidden=True,
+    help="Seconds between the dispatcher's retention passes. [default: 3600]",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 @click.version_option(package_name="bridge")
 @click.pass_context
@@ -636,6 +650,78 @@ def db_restore(context: Context, path: str, replace: bool, yes: bool, merge: boo
         f" {_counts_text(result.counts)}"
     )
     warn_all(result.warnings)
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    from bridge.settings import SettingsError, parse_duration
+
+    try:
+        parse_duration(value)
+    except SettingsError as exc:
+        raise click.BadParameter(
+            str(exc).removeprefix("bad duration "), param_hint="'--older-than'"
+        ) from None
+    return value
+
+
+@db.command("prune")
+@click.option(
+    "--older-than",
+    required=True,
+    metavar="DURATION",
+    callback=_duration,
+    help="Prune finished graphs whose newest completion is older than this (90m, 12h, 30d).",
+)
+@click.option(
+    "--archive",
+    "archive",
+    type=click.Path(dir_okay=False),
+    help="First write the pruned rows to this file (fsynced); if that fails, nothing is deleted.",
+)
+@click.option("--dry-run", is_flag=True, help="Print what would go; change nothing.")
+@pass_context
+def db_prune(context: Context, older_than: str, archive: str | None, dry_run: bool) -> None:
+    """Delete finished graphs (tasks, edges, events) older than --older-than.
+
+    A task goes only with its whole graph (every task linked to it by dependencies,
+    either way), and only when all of it is done, failed or cancelled and its newest
+    completion is older than DURATION.
+    """
+    result = usecases.prune(context, older_than, archive=archive, dry_run=dry_run)
+    for line in render_prune(result):
+        click.echo(line)
+    if archive is not None and result.archived is None:
+        click.echo(f"no archive written to {archive} (nothing was deleted)")
+    warn_all(result.warnings)
+
+
+def render_prune(result: Any) -> list[str]:
+    """The lines ``db prune`` prints (ids: the oldest first, then a count of the rest)."""
+    if not result.planned:
+        return [f"nothing to prune: no finished graph older than {result.older_than}"]
+    shown = ", ".join(result.sample)
+    if result.planned > len(result.sample):
+        shown += f", ... ({result.planned - len(result.sample)} more)"
+    graphs = f"{result.planned} task(s) in {result.components} finished graph(s)"
+    if result.dry_run:
+        return [
+            f"would prune {graphs} older than {result.older_than}"
+            f" (completed before {result.cutoff[:19]} UTC): {shown}",
+            "dry run: nothing was changed",
+        ]
+    lines = []
+    if result.archive is not None and result.archived is not None:
+        counts = ", ".join(f"{n} {table}" for table, n in result.archived.items())
+        lines.append(f"archived {counts} to {result.archive}")
+    done = "" if result.deleted == result.planned else f"{result.deleted} of "
+    lines.append(f"pruned {done}{graphs} older than {result.older_than}: {shown}")
+    if result.kept:
+        kept = ", ".join(result.kept[:10]) + (" ..." if len(result.kept) > 10 else "")
+        lines.append(
+            f"kept {len(result.kept)} task(s) whose graph changed while pruning"
+            f" (still in the database): {kept}"
+        )
+    return lines
 
 
 def main() -> None:

@@ -79,6 +79,25 @@ BUSY_TIMEOUT_MS = 30_000
 """How long a SQLite writer waits for the lock before giving up: CLI commands run
 while the dispatcher is busy wait instead of failing with "database is locked"."""
 
+# ---------------------------------------------------------------- retention
+
+PRUNE_CHUNK = 1000
+"""Most tasks one pruning transaction deletes: the write lock is held for tens of
+milliseconds at a time, so a dispatcher (or a CLI command) waits at most that long."""
+PRUNE_READ_CHUNK = 5000
+"""Rows fetched at a time while planning a prune (tasks, then edges), so planning over
+100,000s of tasks never holds them all as row objects at once."""
+RETENTION_EVERY = 3600.0
+"""Seconds between the dispatcher's retention passes (``BRIDGE_RETENTION``). The first
+pass starts once the dispatcher is up; ``BRIDGE_RETENTION_EVERY`` changes the interval
+(tests shorten it)."""
+RETENTION_DUTY = 0.1
+"""Share of the dispatcher's time its retention may take: after a batch that took
+``d`` seconds it waits ``d * (1 / RETENTION_DUTY - 1)`` before the next, so dispatching
+goes on at about 90% of its speed while a large backlog is pruned."""
+RETENTION_PAUSE_MIN = 0.05
+"""Shortest wait between two retention batches of the dispatcher."""
+
 # ---------------------------------------------------------------- bridge run
 
 RUN_POLL = 0.25

@@ -42,6 +42,7 @@ from bridge.defaults import (
 )
 from bridge.messages import Dispatch, Report
 from bridge.recovery import Flight, JobState, Limits, Verdict, judge
+from bridge.retention import Retention
 from bridge.settings import Settings
 from bridge.states import IN_FLIGHT, ReportKind, TaskStatus
 
@@ -88,6 +89,12 @@ class Dispatcher:
         self._predecessors: set[str] = set()
         """Dispatchers of this database whose lease we took: their claim on the Redis
         namespace may outlive them a moment, and is ours to take over."""
+        self._retention: Retention | None = None
+        if self.settings.retention_seconds is not None:
+            self._retention = Retention(
+                self.engine, self.settings.retention_seconds, self.settings.retention_every
+            )
+        """Pruning of old finished graphs (``BRIDGE_RETENTION``), a batch between ticks."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -122,6 +129,8 @@ class Dispatcher:
                     if once:
                         break
                     self._maintain(totals)
+                    if self._retention is not None and self._lease_valid():
+                        self._retention.step()
                     failures = 0
                 except (BrokerUnavailable, store.StoreError, ValueError, LookupError) as exc:
                     # Redis or the database failing, or something in Redis that no code of

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import unquote, urlsplit
 
+from bridge.defaults import RETENTION_EVERY
 from bridge.errors import BridgeError
 
 DEFAULT_DATABASE_URL = "sqlite:///task-coordinator.db"
@@ -33,6 +34,29 @@ class SettingsError(BridgeError, ValueError):
     """A setting has a value that cannot work; the CLI prints it as one line."""
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+
+
+def parse_duration(text: str, what: str = "duration") -> float:
+    """Seconds in ``90m``, ``12h``, ``30d`` (also ``s`` and ``w``); more than zero."""
+    match = _DURATION.match(text)
+    seconds = float(match.group(1)) * DURATION_UNITS[match.group(2)] if match else 0.0
+    if seconds <= 0:
+        raise SettingsError(
+            f"bad {what} {text!r}: give a number above 0 and a unit s, m, h, d or w"
+            " (e.g. 90m, 12h, 30d)"
+        )
+    return seconds
+
+
+def parse_retention(text: str | None) -> float | None:
+    """``BRIDGE_RETENTION``: a duration, or empty/``off`` for none (the default)."""
+    if text is None or text.strip().lower() in ("", "off"):
+        return None
+    return parse_duration(text, "BRIDGE_RETENTION")
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
@@ -45,6 +69,11 @@ class Settings:
     auto_migrate: bool = True
     """Upgrade an older database's schema when a command opens it (under a lock); off,
     commands refuse it and say to run ``bridge db upgrade`` (for DBAs: ``--sql``)."""
+    retention: str | None = None
+    """``BRIDGE_RETENTION`` as given (e.g. ``30d``): the dispatcher prunes finished graphs
+    older than this, at most once an hour. None: it never prunes (the default)."""
+    retention_every: float = RETENTION_EVERY
+    """Seconds between the dispatcher's retention passes (``BRIDGE_RETENTION_EVERY``)."""
     redis_explicit: bool = field(default=False, compare=False)
     """True when the user named a Redis URL; ``bridge run`` then never starts its own."""
 
@@ -61,6 +90,16 @@ class Settings:
             )
         if self.max_output < 1024:
             raise SettingsError(f"max output must be at least 1024 bytes, got {self.max_output}")
+        parse_retention(self.retention)
+        if not self.retention_every > 0:
+            raise SettingsError(
+                f"BRIDGE_RETENTION_EVERY must be above 0 seconds, got {self.retention_every:g}"
+            )
+
+    @property
+    def retention_seconds(self) -> float | None:
+        """The retention as seconds, None when off."""
+        return parse_retention(self.retention)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
@@ -84,6 +123,12 @@ class Settings:
             values["max_output"] = _int("BRIDGE_MAX_OUTPUT", env["BRIDGE_MAX_OUTPUT"])
         if env.get("BRIDGE_AUTO_MIGRATE"):
             values["auto_migrate"] = _bool("BRIDGE_AUTO_MIGRATE", env["BRIDGE_AUTO_MIGRATE"])
+        if env.get("BRIDGE_RETENTION"):
+            values["retention"] = env["BRIDGE_RETENTION"]
+        if env.get("BRIDGE_RETENTION_EVERY"):
+            values["retention_every"] = _float(
+                "BRIDGE_RETENTION_EVERY", env["BRIDGE_RETENTION_EVERY"]
+            )
         for key, value in overrides.items():
             if value is None:
                 continue
@@ -108,6 +153,8 @@ class Settings:
             "BRIDGE_WORKER_CLASS": self.worker_class,
             "BRIDGE_MAX_OUTPUT": str(self.max_output),
             "BRIDGE_AUTO_MIGRATE": "1" if self.auto_migrate else "0",
+            "BRIDGE_RETENTION": self.retention or "",
+            "BRIDGE_RETENTION_EVERY": repr(self.retention_every),
         }
 
 
@@ -124,6 +171,13 @@ def _bool(name: str, text: str) -> bool:
     if value in _TRUE or value in _FALSE:
         return value in _TRUE
     raise SettingsError(f"{name} must be 1 or 0 (true/false, yes/no, on/off), got {text!r}")
+
+
+def _float(name: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {text!r}") from None
 
 
 def _int(name: str, text: str) -> int:

@@ -10,7 +10,7 @@ only SQL and the broker the only Redis: this module only puts their calls in ord
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from bridge import store
@@ -525,3 +525,99 @@ def restore(app: App, path: str, *, replace: bool = False, merge: bool = False) 
     if merge:
         app.nudge()
     return Restored(path=path, counts=counts, schema=header.schema, created_at=header.created_at)
+
+
+# ------------------------------------------------------------------------------ db prune
+
+
+PRUNE_SAMPLE = 10
+"""Task ids a prune names in its summary (the oldest first)."""
+
+
+@dataclass
+class Pruned:
+    """What ``bridge db prune`` did (or, with ``dry_run``, would do)."""
+
+    older_than: str
+    cutoff: str
+    """UTC time: graphs whose newest completion is before this may go."""
+    planned: int
+    """Tasks found prunable when planning."""
+    components: int
+    """Their graphs (weakly connected components)."""
+    sample: list[str]
+    """The first few planned ids, oldest first."""
+    dry_run: bool
+    deleted: int = 0
+    kept: list[str] = field(default_factory=list)
+    """Planned tasks kept because their graph changed meanwhile (a retry, a new dependent)."""
+    batches: int = 0
+    archive: str | None = None
+    archived: dict[str, int] | None = None
+    """Rows written per table, when an archive was written."""
+    warnings: list[str] = field(default_factory=list)
+
+
+def prune(
+    app: App,
+    older_than: str,
+    *,
+    archive: str | None = None,
+    dry_run: bool = False,
+    clock: datetime | None = None,
+) -> Pruned:
+    """Delete finished graphs whose newest completion is older than ``older_than``.
+
+    Plans in one read transaction; with ``archive``, writes every planned task's rows
+    (tasks, edges among them, events) to that file, fsynced, in the same transaction,
+    before anything is deleted: if writing fails, nothing is. Then deletes in batches of
+    at most ``PRUNE_CHUNK`` tasks, each its own transaction that re-checks the rule, so
+    a graph reopened meanwhile (``bridge retry``) is kept whole (or, for a graph split
+    over batches, what is left of it). Such kept tasks are in the archive too: the
+    archive holds what was planned, ``kept`` says what of it is still in the database.
+    """
+    from bridge.settings import parse_duration
+    from bridge.store import prune as pruning
+
+    seconds = parse_duration(older_than)
+    moment = clock or datetime.now(timezone.utc)
+    cutoff = store.stamp(moment - timedelta(seconds=seconds))
+    with store.reading(app.engine) as session:
+        plan = pruning.plan_prune(session=session, cutoff=cutoff)
+        ids = plan.task_ids
+        result = Pruned(
+            older_than=older_than,
+            cutoff=cutoff,
+            planned=len(ids),
+            components=len(plan.components),
+            sample=ids[:PRUNE_SAMPLE],
+            dry_run=dry_run,
+        )
+        if dry_run or not ids:
+            return result
+        if archive is not None:
+            from bridge.store import archive as archiving
+
+            result.archive = archive
+            result.archived = archiving.dump(session, archive, task_ids=ids)
+    skip: set[int] = set()
+    for batch in plan.batches:
+        with store.writing(app.engine) as session:
+            done = pruning.prune_batch(session=session, batch=batch, cutoff=cutoff, skip=skip)
+        result.batches += 1
+        result.deleted += len(done.deleted)
+        skip |= done.kept
+    if skip:  # of a graph split over batches, the part before the change is gone
+        planned = [t for n in sorted(skip) for t in plan.components[n]]
+        there = _still_there(app, planned)
+        result.kept = [t for t in planned if t in there]
+    return result
+
+
+def _still_there(app: App, task_ids: Sequence[str]) -> set[str]:
+    with store.reading(app.engine) as session:
+        return {
+            task_id
+            for task_id in task_ids
+            if store.get_task(session=session, task_id=task_id) is not None
+        }

@@ -107,14 +107,14 @@ def dump(
         "counts": counts,
     }
     target = Path(path)
-    shown = str(path)
+    shown = f"{'archive' if ids is not None else 'backup'} {path}"
     if target.is_dir():
-        raise StoreError(f"cannot write backup {shown}: it is a directory")
+        raise StoreError(f"cannot write {shown}: it is a directory")
     folder = target.absolute().parent
     try:
         handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".partial")
     except OSError as exc:
-        raise StoreError(f"cannot write backup {shown}: {exc.strerror or exc}") from None
+        raise StoreError(f"cannot write {shown}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(handle, "wb") as raw:
             with gzip.GzipFile(
@@ -131,12 +131,12 @@ def dump(
             raw.flush()
             os.fsync(raw.fileno())
         if written != counts:  # the caller's session was not one transaction
-            raise StoreError(f"cannot write backup {shown}: the database changed while read")
+            raise StoreError(f"cannot write {shown}: the database changed while read")
         os.replace(temp, target)
         _fsync_folder(folder)
     except OSError as exc:
         _remove(temp)
-        raise StoreError(f"cannot write backup {shown}: {exc.strerror or exc}") from None
+        raise StoreError(f"cannot write {shown}: {exc.strerror or exc}") from None
     except BaseException:
         _remove(temp)
         raise
