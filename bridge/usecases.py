@@ -231,6 +231,8 @@ def explain(task: Task, dependencies: Sequence[tuple[str, str]]) -> str:
     if task.status == "available":
         bad = [dep for dep, status in dependencies if status in ("failed", "cancelled")]
         waiting = [dep for dep, status in dependencies if status != "done"]
+        if task.pending_deps > len(waiting):  # held back beyond its edges: see _held_back
+            return _held_back(task)
         if bad:
             return f"blocked: dependency {', '.join(bad)} failed or was cancelled (bridge retry it)"
         if waiting:
@@ -247,6 +249,20 @@ def explain(task: Task, dependencies: Sequence[tuple[str, str]]) -> str:
         "failed": "failed with no attempts left",
         "cancelled": "cancelled",
     }.get(task.status, "")
+
+
+def _held_back(task: Task) -> str:
+    """Why a task waits on more than its unfinished dependencies: adoption from the Task
+    Coordinator holds back, for good, a task whose declared dependencies bridge cannot
+    honour (unknown id, cycle, malformed JSON), and says why in its note."""
+    from bridge.store.adopt import BLOCKED_PREFIX
+
+    if task.note and task.note.startswith(BLOCKED_PREFIX):
+        return task.note
+    return (
+        "blocked since adoption from the Task Coordinator: its declared dependencies"
+        f" cannot be resolved (bridge events {task.id} says why)"
+    )
 
 
 # ------------------------------------------------------------------------------ progress
