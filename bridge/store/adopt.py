@@ -170,8 +170,10 @@ class Plan:
     """Tasks per Task Coordinator status."""
     reopened: list[Reopened] = field(default_factory=list)
     blocked: list[Blocked] = field(default_factory=list)
-    """Tasks kept with dependencies bridge refuses (unknown id, cycle, malformed JSON);
-    those not done are held back for good (``pending_deps`` one above their edges)."""
+    """Tasks not done whose dependencies bridge refuses (unknown id, cycle, malformed
+    JSON): kept, and held back for good (``pending_deps`` one above their edges)."""
+    irregular_done: list[Blocked] = field(default_factory=list)
+    """Done tasks whose dependencies bridge refuses: kept as stored (they never run)."""
     edges: int = 0
     slots: int = 0
 
@@ -218,13 +220,13 @@ def _check_file(path: str) -> None:
         )
     if header != b"SQLite format 3\x00":
         raise StoreError(f"cannot adopt {shown}: not a SQLite database")
-    if not os.access(path, os.W_OK):
-        raise StoreError(f"cannot adopt {shown}: the file is not writable")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.access(folder, os.W_OK | os.X_OK):
         raise StoreError(
             f"cannot adopt {shown}: its folder {folder} is not writable (the copy goes beside it)"
         )
+    if not os.access(path, os.W_OK):
+        raise StoreError(f"cannot adopt {shown}: the file is not writable")
 
 
 def _schema(conn: sqlite3.Connection, path: str) -> None:
@@ -267,8 +269,15 @@ def is_task_coordinator(path: str) -> bool:
 
 
 def _connect_read_only(path: str) -> sqlite3.Connection:
-    uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
-    return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    """A connection that leaves no trace: ``mode=ro`` when a WAL is there to be read,
+    else ``immutable=1``, so a WAL-mode file (bridge's own) gets no ``-wal``/``-shm``
+    created beside it just for being looked at. What it reads is read again under the
+    write lock before anything is changed."""
+    absolute = os.path.abspath(path)
+    options = "mode=ro" if os.path.exists(f"{absolute}-wal") else "mode=ro&immutable=1"
+    return sqlite3.connect(
+        f"file:{quote(absolute)}?{options}", uri=True, timeout=BUSY_TIMEOUT_MS / 1000
+    )
 
 
 def _database_error(path: str, exc: sqlite3.Error) -> StoreError:
@@ -423,7 +432,8 @@ def _decide(rows: list[_Row], path: str) -> _Decided:
             why.append(f"on a dependency cycle among {_names(cycles[row.id])}")
         if why:
             reasons[row.id] = "; ".join(why)
-            plan.blocked.append(Blocked(row.id, row.status, reasons[row.id]))
+            kept = plan.irregular_done if row.status == "done" else plan.blocked
+            kept.append(Blocked(row.id, row.status, reasons[row.id]))
     edges = [(task, dep) for task, deps in graph.items() for dep in deps]
     plan.edges = len(edges)
     return _Decided(plan, rows, reasons, edges)
@@ -463,7 +473,11 @@ def _backup(path: str, copy: str) -> None:
     change the file meanwhile), and a backup read through the writing connection
     would wait for that connection forever.
     """
-    with closing(_connect_read_only(path)) as source, closing(sqlite3.connect(copy)) as target:
+    uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
+    with (
+        closing(sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)) as source,
+        closing(sqlite3.connect(copy)) as target,
+    ):
         source.backup(target)
     with open(copy, "rb") as handle:
         os.fsync(handle.fileno())
@@ -479,6 +493,11 @@ def adopt(path: str, kind: str, *, moment: datetime | None = None) -> Adoption:
     if not kind or not kind.strip():
         raise StoreError("--kind must name a handler (e.g. --kind agent)")
     _check_file(path)
+    try:
+        with closing(_connect_read_only(path)) as looked_at:
+            _schema(looked_at, path)  # refuse before a writing connection touches the file
+    except sqlite3.Error as exc:
+        raise _database_error(path, exc) from None
     moment = moment or datetime.now(timezone.utc)
     copy: str | None = None
     try:
@@ -520,6 +539,7 @@ def adopt(path: str, kind: str, *, moment: datetime | None = None) -> Adoption:
         counts=plan.counts,
         reopened=plan.reopened,
         blocked=plan.blocked,
+        irregular_done=plan.irregular_done,
         edges=plan.edges,
         slots=slots,
         kind=kind,
