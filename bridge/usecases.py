@@ -467,7 +467,8 @@ class Adopted:
             )
             lines += _capped(
                 [
-                    f"{t.task_id} ({t.status} on {t.worker or 'no recorded worker'})"
+                    f"{_one_line(t.task_id)} ({t.status} on"
+                    f" {_one_line(t.worker or 'no recorded worker')})"
                     for t in done.reopened
                 ],
                 limit,
@@ -477,14 +478,23 @@ class Adopted:
                 f"blocked {len(done.blocked)} task(s) whose dependencies bridge cannot honour"
                 " (bridge show ID says why):"
             )
-            lines += _capped([f"{t.task_id} ({t.status}): {t.reason}" for t in done.blocked], limit)
+            lines += _capped(
+                [f"{_one_line(t.task_id)} ({t.status}): {t.reason}" for t in done.blocked], limit
+            )
         if done.irregular_done:
             lines.append(
                 f"{len(done.irregular_done)} done task(s) declare such dependencies;"
                 " kept as stored:"
             )
-            lines += _capped([f"{t.task_id}: {t.reason}" for t in done.irregular_done], limit)
+            lines += _capped(
+                [f"{_one_line(t.task_id)}: {t.reason}" for t in done.irregular_done], limit
+            )
         return lines
+
+
+def _one_line(task_id: str) -> str:
+    """An id as written, or quoted with escapes when it would break the line."""
+    return task_id if task_id.isprintable() else repr(task_id)
 
 
 def _capped(items: list[str], limit: int) -> list[str]:

@@ -238,7 +238,9 @@ def _schema(conn: sqlite3.Connection, path: str) -> None:
     tables = {name for kind, name, _ in objects if kind == "table"}
     if not tables:
         raise StoreError(f"cannot adopt {shown}: the database is empty (no tables)")
-    columns = {t: tuple(r[1] for r in conn.execute(f'PRAGMA table_info("{t}")')) for t in tables}
+    columns = {
+        t: tuple(r[1] for r in conn.execute(f"PRAGMA table_info({_quoted(t)})")) for t in tables
+    }
     if "tasks" in tables and "kind" in columns["tasks"]:
         raise StoreError(f"cannot adopt {shown}: it is already a bridge database")
     if columns.get("tasks") != TC_TASK_COLUMNS or columns.get("worker_slots") != TC_SLOT_COLUMNS:
@@ -247,7 +249,7 @@ def _schema(conn: sqlite3.Connection, path: str) -> None:
             " (it has no 'tasks' and 'worker_slots' tables of that schema)"
         )
     for extra in sorted(tables - {"tasks", "worker_slots"}):
-        if extra not in BRIDGE_TABLES or conn.execute(f'SELECT 1 FROM "{extra}"').fetchone():
+        if extra not in BRIDGE_TABLES or conn.execute(f"SELECT 1 FROM {_quoted(extra)}").fetchone():
             raise StoreError(
                 f"cannot adopt {shown}: it holds a table {extra!r} the Task Coordinator never made"
             )
@@ -256,6 +258,10 @@ def _schema(conn: sqlite3.Connection, path: str) -> None:
         raise StoreError(
             f"cannot adopt {shown}: it holds {others[0]}, which the Task Coordinator never made"
         )
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def is_task_coordinator(path: str) -> bool:

@@ -3,11 +3,14 @@ CLI on real files, then run by a real dispatcher and worker."""
 
 import json
 import os
+import shlex
+import shutil
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import bridge, file_digest, query, wait_until
+from helpers import BRIDGE, bridge, file_digest, query, wait_until
 from test_bad_input import assert_one_error_line
 from test_cli_ux import _can_mount_read_only, run_read_only
 
@@ -466,3 +469,53 @@ def test_read_only_file_or_folder_is_refused_and_left_unchanged(tmp_path, bridge
     assert_one_error_line(result, "cannot adopt", "not writable", what)
     assert file_digest(db) == digest
     assert [p.name for p in folder.iterdir()] == ["task-coordinator.db"]
+
+
+def test_the_summary_names_the_first_twenty_blocked_tasks(tmp_path, bridge_env):
+    # Given 25 tasks that depend on a task the file does not hold, and one on a newline id
+    db = tmp_path / "task-coordinator.db"
+    rows = [
+        {"id": f"orphan-{n:02}", "description": "", "status": "available", "dependencies": '["x"]'}
+        for n in range(25)
+    ]
+    rows.append(
+        {"id": NEWLINE, "description": "", "status": "working", "worker": "w\n1"},
+    )
+    make_tc(db, rows)
+    # When it is adopted
+    result = adopt(env_for(db, bridge_env), "--kind", "noop", "--yes")
+    # Then the first 20 are named, the rest counted, and no id breaks a line
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    named = [line for line in lines if line.startswith("  orphan-")]
+    assert len(named) == 20 and named[0].startswith("  orphan-00 (available): depends on")
+    assert "  and 5 more" in lines
+    assert f"  {NEWLINE!r} (working on 'w\\n1')" in lines
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs script(1) for a terminal")
+@pytest.mark.parametrize("answer", ["n", "y"])
+def test_on_a_terminal_it_asks_first(tmp_path, bridge_env, answer):
+    # Given a Task Coordinator file and a user at a terminal
+    db = tmp_path / "task-coordinator.db"
+    make_tc(db, every_status_rows(LATER))
+    digest = file_digest(db)
+    command = shlex.join([*BRIDGE, "db", "adopt", "--kind", "noop"])
+    # When they answer the question
+    result = subprocess.run(
+        ["script", "-qec", command, "/dev/null"],
+        input=f"{answer}\n",
+        env=env_for(db, bridge_env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # Then it was asked, and only a yes adopts
+    assert "Convert it in place for bridge" in result.stdout
+    copies = [p for p in tmp_path.iterdir() if ".before-bridge-" in p.name]
+    if answer == "y":
+        assert result.returncode == 0 and "adopted 7 task(s)" in result.stdout, result.stdout
+        assert len(copies) == 1
+    else:
+        assert result.returncode != 0 and "not adopted" in result.stdout
+        assert file_digest(db) == digest and copies == []
