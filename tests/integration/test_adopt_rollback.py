@@ -66,3 +66,21 @@ def test_the_plan_reads_without_writing(tmp_path):
         ("b", "depends on unknown task(s) 'ghost'")
     ]
     assert _digest(db) == before and [p.name for p in tmp_path.iterdir()] == [db.name]
+
+
+def test_the_converted_file_is_exactly_the_0_1_0_schema(tmp_path):
+    # Given a Task Coordinator file with an index of its own
+    db = tmp_path / "task-coordinator.db"
+    _tc_file(db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE INDEX idx_tasks_status ON tasks (status)")
+    conn.close()
+    # When it is converted (before bridge opens it the usual way)
+    adoption.adopt(str(db), "noop")
+    # Then its schema is what bridge 0.1.0 made, object for object, nothing else
+    with sqlite3.connect(db) as conn:
+        schema = {
+            sql for (sql,) in conn.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL")
+        }
+    conn.close()
+    assert schema == set(adoption.SCHEMA_0_1_0)
