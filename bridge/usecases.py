@@ -32,7 +32,7 @@ from bridge.store.adopt import (
     Adoption,
     Plan,
     plan_adoption,
-    sqlite_path,
+    sqlite_file,
 )
 from bridge.store.adopt import adopt as adopt_file
 
@@ -421,20 +421,7 @@ SUMMARY_LIMIT = 20
 
 
 def _adoption_file(app: App) -> str:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    url = app.settings.database_url
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
-        raise store.StoreError(f"not a database URL: {redact_url(url)}") from None
-    if parsed.get_backend_name() != "sqlite":
-        raise store.StoreError(
-            f"bridge db adopt works on a SQLite file, not {redact_url(url)}"
-            " (adopt the file, then move it with bridge db backup and restore)"
-        )
-    return sqlite_path(parsed.database)
+    return sqlite_file(app.settings.database_url)
 
 
 def adoption_plan(app: App) -> Plan:

@@ -22,7 +22,11 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from bridge.defaults import BUSY_TIMEOUT_MS
+from bridge.settings import redact_url
 from bridge.store.engine import StoreError, now
 
 TC_TASK_COLUMNS = (
@@ -192,8 +196,18 @@ class Adoption(Plan):
 # ------------------------------------------------------------------------------ checks
 
 
-def sqlite_path(database: str | None) -> str:
-    """The file a SQLite URL's database part names; adoption works on files only."""
+def sqlite_file(url: str) -> str:
+    """The file a SQLite URL names; adoption works on SQLite files only."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise StoreError(f"not a database URL: {redact_url(url)}") from None
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite":
+        raise StoreError(
+            f"bridge db adopt works on a SQLite file, not {redact_url(url)}"
+            " (adopt the file first, then move its tasks)"
+        )
     if not database or database == ":memory:" or database.startswith("file:"):
         raise StoreError("bridge db adopt works on a SQLite file (sqlite:///path/to/file.db)")
     return database
