@@ -724,6 +724,39 @@ def render_prune(result: Any) -> list[str]:
     return lines
 
 
+@db.command()
+@click.option("--kind", required=True, help="The handler that runs the adopted tasks (their kind).")
+@click.option("--yes", is_flag=True, help="Adopt without asking.")
+@pass_context
+def adopt(context: Context, kind: str, yes: bool) -> None:
+    """Make a Task Coordinator database a bridge one, in place (a copy is kept).
+
+    Every task and every value is kept; dependencies become edges; working and claimed
+    tasks become available and run again; tasks whose dependencies bridge cannot honour
+    (unknown id, cycle, malformed JSON) are kept but blocked, and listed.
+    """
+    plan = usecases.adoption_plan(context)
+    if not yes:
+        if not sys.stdin.isatty():
+            fail(
+                f"adopting converts {plan.path} in place (a copy is kept);"
+                " add --yes to confirm when not on a terminal",
+                2,
+            )
+        click.echo(
+            f"{plan.path}: a Task Coordinator database with {plan.total} task(s)"
+            f" ({len(plan.reopened)} to re-open, {len(plan.blocked)} to keep blocked)"
+        )
+        if not click.confirm(
+            f"Convert it in place for bridge, tasks of kind {kind!r}? A copy is kept beside it"
+        ):
+            fail("not adopted; the file is unchanged")
+    result = usecases.adopt(context, kind)
+    for line in result.summary():
+        click.echo(line)
+    warn_all(result.warnings)
+
+
 def main() -> None:
     """Entry point: turns every expected failure into one ``error:`` line."""
     try:

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bridge.models import Task, TaskEvent, WorkerSlot
-from bridge.store import task_dict
+from bridge.store import declared_dependencies, task_dict
 from bridge.usecases import GraphProgress, Status, TaskView
 
 STATUS_STYLE = {
@@ -84,7 +84,7 @@ def tasks_table(tasks: Sequence[Task], title: str | None = None) -> Table:
     for column in ("id", "status", "kind", "attempt", "worker", "deps", "output / error"):
         table.add_column(column, overflow="fold")
     for task in tasks:
-        deps = json.loads(task.dependencies or "[]")
+        deps = declared_dependencies(task.dependencies)
         result = task.error if task.error else task.output
         table.add_row(
             _text(task.id),
@@ -92,7 +92,7 @@ def tasks_table(tasks: Sequence[Task], title: str | None = None) -> Table:
             _text(task.kind),
             f"{task.attempts}/{task.max_attempts}" if task.max_attempts > 1 else str(task.attempts),
             _text(task.worker),
-            str(len(deps)) if deps else "",
+            _text("?") if isinstance(deps, str) else str(len(deps)) if deps else "",
             _short(result),
         )
     return table

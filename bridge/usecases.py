@@ -26,6 +26,15 @@ from bridge.graph import TaskSpec
 from bridge.models import Task, TaskEvent, WorkerSlot
 from bridge.settings import Settings, redact_url
 from bridge.states import FINISHED_BADLY, IN_FLIGHT, TaskStatus
+from bridge.store.adopt import (
+    BLOCKED_PREFIX,
+    TC_STATUSES,
+    Adoption,
+    Plan,
+    plan_adoption,
+    sqlite_file,
+)
+from bridge.store.adopt import adopt as adopt_file
 
 DISPATCHER_LEASE = "dispatcher"
 """Every dispatcher lease's name starts with this (one per database today; ``status``
@@ -55,7 +64,7 @@ def add(app: App, specs: Sequence[TaskSpec], *, skip_same: bool = False) -> Adde
     Warns about kinds no handler module loaded here registers: the tasks are still
     added (workers elsewhere may know them), but a typo should not wait for 3 a.m.
     """
-    warnings = _unknown_kinds(app.settings, specs)
+    warnings = _unknown_kinds(app.settings, [s.kind for s in specs])
     with store.writing(app.engine) as session:
         result = store.add_tasks(
             session=session,
@@ -69,7 +78,7 @@ def add(app: App, specs: Sequence[TaskSpec], *, skip_same: bool = False) -> Adde
     return Added(added=result.added, skipped=result.skipped, warnings=warnings)
 
 
-def _unknown_kinds(settings: Settings, specs: Sequence[TaskSpec]) -> list[str]:
+def _unknown_kinds(settings: Settings, kinds: Sequence[str]) -> list[str]:
     from bridge.workers.registry import HandlerError, is_registered, load_modules
 
     warnings = []
@@ -77,7 +86,7 @@ def _unknown_kinds(settings: Settings, specs: Sequence[TaskSpec]) -> list[str]:
         load_modules(settings.handlers)
     except HandlerError as exc:
         warnings.append(str(exc))
-    unknown = sorted({s.kind for s in specs if not is_registered(s.kind)})
+    unknown = sorted({kind for kind in kinds if not is_registered(kind)})
     if unknown:
         warnings.append(
             f"no handler registered here for kind(s) {', '.join(unknown)};"
@@ -231,6 +240,8 @@ def explain(task: Task, dependencies: Sequence[tuple[str, str]]) -> str:
     if task.status == "available":
         bad = [dep for dep, status in dependencies if status in ("failed", "cancelled")]
         waiting = [dep for dep, status in dependencies if status != "done"]
+        if task.pending_deps > len(waiting):  # held back beyond its edges: see _held_back
+            return _held_back(task)
         if bad:
             return f"blocked: dependency {', '.join(bad)} failed or was cancelled (bridge retry it)"
         if waiting:
@@ -247,6 +258,18 @@ def explain(task: Task, dependencies: Sequence[tuple[str, str]]) -> str:
         "failed": "failed with no attempts left",
         "cancelled": "cancelled",
     }.get(task.status, "")
+
+
+def _held_back(task: Task) -> str:
+    """Why a task waits on more than its unfinished dependencies: adoption from the Task
+    Coordinator holds back, for good, a task whose declared dependencies bridge cannot
+    honour (unknown id, cycle, malformed JSON), and says why in its note."""
+    if task.note and task.note.startswith(BLOCKED_PREFIX):
+        return task.note
+    return (
+        "blocked since adoption from the Task Coordinator: its declared dependencies"
+        f" cannot be resolved (bridge events {task.id} says why)"
+    )
 
 
 # ------------------------------------------------------------------------------ progress
@@ -621,3 +644,99 @@ def _still_there(app: App, task_ids: Sequence[str]) -> set[str]:
             for task_id in task_ids
             if store.get_task(session=session, task_id=task_id) is not None
         }
+
+
+# ------------------------------------------------------------------------------ adopt
+
+SUMMARY_LIMIT = 20
+"""Tasks named per list in the adoption summary; the rest are counted."""
+
+
+def _adoption_file(app: App) -> str:
+    return sqlite_file(app.settings.database_url)
+
+
+def adoption_plan(app: App) -> Plan:
+    """What ``adopt`` would do to the configured file, read without changing it (the
+    CLI shows it before asking for confirmation)."""
+    return plan_adoption(_adoption_file(app))
+
+
+@dataclass
+class Adopted:
+    """A Task Coordinator file made a bridge database, and what became of its tasks."""
+
+    adoption: Adoption
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self, limit: int = SUMMARY_LIMIT) -> list[str]:
+        """Lines for a person: counts, where the copy is, re-opened and blocked tasks."""
+        done = self.adoption
+        counts = ", ".join(f"{done.counts[s]} {s}" for s in TC_STATUSES if done.counts.get(s))
+        lines = [
+            f"adopted {done.total} task(s) as kind {done.kind!r}"
+            + (f": {counts}" if counts else ""),
+            f"{done.edges} dependency edge(s), {done.slots} worker slot(s) reset",
+            f"the file as it was is kept at {done.copy}",
+        ]
+        if done.reopened:
+            lines.append(
+                f"re-opened {len(done.reopened)} task(s) a Task Coordinator worker held;"
+                " they run again (at-least-once):"
+            )
+            lines += _capped(
+                [
+                    f"{_one_line(t.task_id)} ({t.status} on"
+                    f" {_one_line(t.worker or 'no recorded worker')})"
+                    for t in done.reopened
+                ],
+                limit,
+            )
+        if done.blocked:
+            lines.append(
+                f"blocked {len(done.blocked)} task(s) whose dependencies bridge cannot honour"
+                " (bridge show ID says why):"
+            )
+            lines += _capped(
+                [f"{_one_line(t.task_id)} ({t.status}): {t.reason}" for t in done.blocked], limit
+            )
+        if done.irregular_done:
+            lines.append(
+                f"{len(done.irregular_done)} done task(s) declare such dependencies;"
+                " kept as stored:"
+            )
+            lines += _capped(
+                [f"{_one_line(t.task_id)}: {t.reason}" for t in done.irregular_done], limit
+            )
+        return lines
+
+
+def _one_line(task_id: str) -> str:
+    """An id as written, or quoted with escapes when it would break the line."""
+    return task_id if task_id.isprintable() else repr(task_id)
+
+
+def _capped(items: list[str], limit: int) -> list[str]:
+    lines = [f"  {item}" for item in items[:limit]]
+    if len(items) > limit:
+        lines.append(f"  and {len(items) - limit} more")
+    return lines
+
+
+def adopt(app: App, kind: str) -> Adopted:
+    """Adopt the configured Task Coordinator file (a copy is kept beside it), then open
+    it the usual way, which brings the adopted 0.1.0 schema up to the current one.
+
+    The file must not have been opened by ``app`` before: opening is what would add
+    bridge's tables to a Task Coordinator file.
+    """
+    path = _adoption_file(app)
+    result = Adopted(adopt_file(path, kind))
+    try:
+        app.engine  # noqa: B018 (opening completes the schema)
+    except store.StoreError as exc:
+        result.warnings.append(
+            f"{exc}; the tasks are adopted, and the next bridge command completes the schema"
+        )
+    result.warnings += _unknown_kinds(app.settings, [kind])
+    return result

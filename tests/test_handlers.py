@@ -35,3 +35,16 @@ def marked_sleep(payload: Any) -> str:
     with open(payload["log"], "a", encoding="utf-8") as log:
         log.write(f"end {payload.get('name', '?')} {os.getpid()}\n")
     return "slept"
+
+
+@handler("payload_log")
+def payload_log(payload: Any) -> Any:
+    """Append the payload as one JSON line to ``$BRIDGE_TEST_PAYLOAD_LOG``: tests see what
+    each run was given (adopted Task Coordinator tasks get their id and description)."""
+    import json
+
+    with open(os.environ["BRIDGE_TEST_PAYLOAD_LOG"], "a", encoding="utf-8") as log:
+        log.write(json.dumps(payload, ensure_ascii=False) + "\n")
+        log.flush()
+        os.fsync(log.fileno())
+    return payload

@@ -21,6 +21,23 @@ from bridge.store.engine import TaskStateError, now
 from bridge.store.tables import EDGES, EVENTS, SLOTS, TASKS, _chunks, _event, _record
 
 
+def declared_dependencies(raw: str | None) -> list[str] | str:
+    """The ``dependencies`` column as a list of ids, or its text as stored when it is not
+    a JSON list of strings (a Task Coordinator file may hold anything there: adoption
+    keeps it, and the task stays blocked)."""
+    if raw is None or not raw.strip():
+        return []
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError):
+        return raw
+    if value is None:
+        return []
+    if isinstance(value, list) and all(isinstance(d, str) for d in value):
+        return value
+    return raw
+
+
 def spec_of(row: Any) -> TaskSpec:
     """The definition a stored task was added with (to compare on re-add)."""
     return TaskSpec(
@@ -28,11 +45,15 @@ def spec_of(row: Any) -> TaskSpec:
         description=row.description,
         kind=row.kind,
         payload=None if row.payload is None else json.loads(row.payload),
-        dependencies=tuple(json.loads(row.dependencies or "[]")),
+        dependencies=_as_tuple(declared_dependencies(row.dependencies)),
         priority=row.priority,
         max_attempts=row.max_attempts,
         timeout=row.timeout,
     )
+
+
+def _as_tuple(declared: list[str] | str) -> tuple[str, ...]:
+    return (declared,) if isinstance(declared, str) else tuple(declared)
 
 
 @dataclass
@@ -244,7 +265,7 @@ def task_dict(task: Task) -> dict[str, Any]:
         "description": task.description,
         "status": task.status,
         "worker": task.worker,
-        "dependencies": json.loads(task.dependencies or "[]"),
+        "dependencies": declared_dependencies(task.dependencies),
         "output": None if task.output is None else _maybe_json(task.output),
         "error": task.error,
         "started_at": task.started_at,
