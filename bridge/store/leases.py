@@ -82,8 +82,9 @@ def acquire_lease(
         insert(LEASES)
         .values(name=name, holder=holder, expires_at=at + ttl, acquired_at=at)
         .on_conflict_do_nothing(index_elements=[LEASES.c.name])
-    ).rowcount
-    return bool(inserted)
+        .returning(LEASES.c.name)
+    ).first()
+    return inserted is not None
 
 
 def holds_lease(*, session: Session, name: str, holder: str, clock: float | None = None) -> bool:
