@@ -46,7 +46,8 @@ def query(db: Path | str, sql: str, *params: Any) -> list[tuple]:
 
         url = "postgresql://" + db.split("://", 1)[1]
         with psycopg.connect(url, connect_timeout=10, autocommit=True) as conn:
-            return [tuple(r) for r in conn.execute(sql.replace("?", "%s"), params).fetchall()]
+            cursor = conn.execute(sql.replace("?", "%s"), params)
+            return [] if cursor.description is None else [tuple(r) for r in cursor.fetchall()]
     if isinstance(db, str) and db.startswith("sqlite:///"):
         db = Path(db.removeprefix("sqlite:///"))
     with sqlite3.connect(db, timeout=30) as conn:

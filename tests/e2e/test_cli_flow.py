@@ -4,6 +4,7 @@ import json
 import socket
 from pathlib import Path
 
+import pytest
 from helpers import bridge, bridge_json, statuses
 
 from bridge.redis_server import PrivateRedis
@@ -19,7 +20,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_run_the_example_then_rerun_resumes(tmp_path, bridge_env, db_path):
+@pytest.mark.both_backends
+def test_run_the_example_then_rerun_resumes(tmp_path, bridge_env, db_url):
     # Given the README's example graph
     example = ROOT / "examples" / "pipeline.json"
     # When it is run with the one command
@@ -27,7 +29,7 @@ def test_run_the_example_then_rerun_resumes(tmp_path, bridge_env, db_path):
     # Then everything is done and a summary is printed
     assert first.returncode == 0, first.stdout + first.stderr
     assert "summary: 11 done" in first.stdout
-    assert set(statuses(db_path).values()) == {"done"}
+    assert set(statuses(db_url).values()) == {"done"}
     # When it is run again, nothing is added and nothing runs again
     events_before = len(bridge_json("events", env=bridge_env))
     again = bridge("run", str(example), env=bridge_env, cwd=tmp_path, timeout=180)
@@ -58,6 +60,7 @@ def test_run_refuses_an_explicit_redis_that_does_not_answer(tmp_path, bridge_env
     assert result.stderr.startswith("error: cannot reach Redis at redis://127.0.0.1:")
 
 
+@pytest.mark.both_backends
 def test_failure_stops_wait_then_retry_resumes_the_graph(tmp_path, bridge_env, processes):
     # Given a graph whose middle task fails
     graph = tmp_path / "g.json"
@@ -100,6 +103,7 @@ def test_wait_times_out_with_3_when_nothing_runs(bridge_env):
     assert "timed out" in result.stderr
 
 
+@pytest.mark.both_backends
 def test_cancel_a_queued_task_removes_its_job(bridge_env, redis_server, processes):
     # Given a task queued by a dispatcher with no worker running
     assert bridge("add", "t1", env=bridge_env).returncode == 0
