@@ -60,7 +60,6 @@ def test_run_refuses_an_explicit_redis_that_does_not_answer(tmp_path, bridge_env
     assert result.stderr.startswith("error: cannot reach Redis at redis://127.0.0.1:")
 
 
-@pytest.mark.both_backends
 def test_failure_stops_wait_then_retry_resumes_the_graph(tmp_path, bridge_env, processes):
     # Given a graph whose middle task fails
     graph = tmp_path / "g.json"
@@ -103,7 +102,6 @@ def test_wait_times_out_with_3_when_nothing_runs(bridge_env):
     assert "timed out" in result.stderr
 
 
-@pytest.mark.both_backends
 def test_cancel_a_queued_task_removes_its_job(bridge_env, redis_server, processes):
     # Given a task queued by a dispatcher with no worker running
     assert bridge("add", "t1", env=bridge_env).returncode == 0
