@@ -6,6 +6,7 @@ moving ``not_before`` with plain SQL.
 """
 
 import hashlib
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -1106,3 +1107,58 @@ def test_a_fresh_database_raced_by_several_processes_is_created_once(tmp_path):
     outputs = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert [p.returncode for p in procs] == [0] * 6
     assert len(set(outputs)) == 1 and outputs[0]
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+@pytest.mark.parametrize("first", ["report", "add"])
+def test_adding_a_dependent_while_its_dependency_finishes_never_loses_the_wakeup(engine, first):
+    """``bridge add`` of a task on a stored dependency, while the dispatcher commits that
+    dependency's success in another transaction: whichever writes first, the new task
+    ends up ready. (On PostgreSQL, READ COMMITTED lets the two interleave: the add read
+    the dependency as still working, the dispatcher's unblocking did not see the new edge,
+    and the task waited forever for a dependency that was done.)"""
+    import threading
+
+    add(engine, t("a"))
+    (d,) = claim(engine)
+    apply(engine, started(d))
+    holding, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def report() -> None:
+        try:
+            with store.writing(engine) as session:
+                store.apply_reports(session=session, reports=[succeeded(d)])
+                holding.set()
+                release.wait(10)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+            holding.set()
+
+    def add_dependent() -> None:
+        try:
+            with store.writing(engine) as session:
+                store.add_tasks(session=session, specs=[t("b", "a")])
+                holding.set()
+                release.wait(10)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+            holding.set()
+
+    one, other = (report, add_dependent) if first == "report" else (add_dependent, report)
+    first_thread = threading.Thread(target=one)
+    first_thread.start()
+    assert holding.wait(10)
+    holding.clear()
+    second_thread = threading.Thread(target=other)
+    second_thread.start()
+    time.sleep(0.3)  # the second one is now running into the first one's transaction
+    release.set()
+    first_thread.join(15)
+    second_thread.join(15)
+    assert not errors, errors
+    assert status(engine, "a") == "done"
+    assert row(engine, "b")["pending_deps"] == 0
+    assert claim_ids(engine) == ["b"]
