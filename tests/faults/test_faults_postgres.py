@@ -1,4 +1,5 @@
-"""Two dispatchers on PostgreSQL whose hosts' clocks differ by a minute (DESIGN, invariant 12).
+"""Database faults on PostgreSQL: dispatchers whose hosts' clocks differ by a minute (DESIGN,
+invariant 12), and the server ending every session mid-graph.
 
 The standby runs under Debian's ``faketime -f +60s``: its ``time.time()`` is a minute
 ahead of the active dispatcher's. Had the lease been decided by the hosts' clocks (each
@@ -32,7 +33,7 @@ from faultlib import (
     redis_client,
     tasks,
 )
-from helpers import bridge_json, statuses, wait_until
+from helpers import bridge_json, query, statuses, wait_until
 
 from bridge import store
 
@@ -194,3 +195,53 @@ def bridge_json_under(prefix: list[str], *args: str, env: dict[str, str]):
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def terminate_sessions(db_url: str) -> int:
+    """End every other session on the test database (as a server restart or a failover
+    would); returns how many there were."""
+    rows = query(
+        db_url,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    return int(rows[0][0])
+
+
+def test_dispatcher_rides_out_its_database_connections_being_killed(
+    tmp_path, fault_env, db_url, processes, fault_table
+):
+    # Given a 150-task graph running with one dispatcher and two workers on PostgreSQL
+    log = tmp_path / "runs.log"
+    graph = graph_from(log, size=150, sleep=0.03)
+    env = {**fault_env, "BRIDGE_SLOTS": "6", "BRIDGE_WORKER_CLASS": "simple"}
+    add_graph(tmp_path, env, graph)
+    fleet = Fleet(processes, env)
+    fleet.start("dispatch")
+    for _ in range(2):
+        fleet.start("worker", "--quiet")
+    wait_until(lambda: list(statuses(db_url).values()).count("done") >= 10, timeout=30)
+    # When every database session but ours is killed, five times, 0.5 s apart
+    killed = []
+    for _ in range(5):
+        killed.append(terminate_sessions(db_url))
+        time.sleep(0.5)
+    left = sum(1 for s in statuses(db_url).values() if s != "done")
+    # Then the dispatcher reconnects and the graph finishes, every task run exactly once
+    try:
+        fleet.wait_done(db_url, timeout=60)
+    finally:
+        result = outcome(db_url, log, graph)
+        fault_table.add(
+            "PG sessions killed x5",
+            tasks=result.tasks,
+            faults=sum(killed),
+            lost=result.lost,
+            repeated=result.repeated,
+            recover=None,
+            note=f"pg_terminate_backend of every session; {left} unfinished after",
+        )
+    assert sum(killed) >= 5, killed  # the dispatcher had a session each time, at least
+    assert left > 0, "the graph finished during the kills"
+    assert result.lost == 0, processes.logs()
+    assert result.repeated == 0, {n: c for n, c in result.counts.items() if c > 1}
