@@ -71,7 +71,6 @@ def test_hundred_task_graph_runs_to_done_with_two_workers(tmp_path, bridge_env, 
     assert all(not s["active"] for s in bridge_json("slots", env=bridge_env))
 
 
-@pytest.mark.both_backends
 def test_stop_everything_mid_graph_then_resume(tmp_path, bridge_env, db_url, processes):
     # Given a graph of slow-ish tasks, half way through
     path, log, graph = write_graph(tmp_path, size=60, sleep=0.1)
