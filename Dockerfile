@@ -5,7 +5,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /src
 COPY . /src
-RUN pip install --no-cache-dir .
+# The postgres extra (psycopg 3) lets the same image use PostgreSQL (docker-compose.postgres.yml).
+RUN pip install --no-cache-dir '.[postgres]'
 
 WORKDIR /data
 CMD ["bridge", "dispatch"]

@@ -427,19 +427,23 @@ class Dispatcher:
     def _lease_valid(self) -> bool:
         """Dispatch only while our lease has ``LEASE_MARGIN`` left: a successor can take
         it only after it expires, so the two never dispatch at the same time."""
-        return time.time() + LEASE_MARGIN < self._lease_until
+        return time.monotonic() + LEASE_MARGIN < self._lease_until
 
     def _renew_lease(self) -> bool:
-        clock = time.time()
+        """Take or renew the lease. The database decides by its lease clock (PostgreSQL's
+        own, or this host's on SQLite); we count our term on the monotonic clock from
+        *before* asking, so it ends no later than the database's expiry, whatever the
+        host's wall clock says."""
+        asked = time.monotonic()
         with store.writing(self.engine) as session:
             if self._lease_until == 0.0:  # taking it: remember whom from
                 held = store.lease_holder(session=session, name=LEASE_NAME)
                 if held is not None and held[0] != self.name:
                     self._predecessors.add(held[0])
             ok = store.acquire_lease(
-                session=session, name=LEASE_NAME, holder=self.name, ttl=LEASE_TTL, clock=clock
+                session=session, name=LEASE_NAME, holder=self.name, ttl=LEASE_TTL
             )
-        self._lease_until = clock + LEASE_TTL if ok else 0.0
+        self._lease_until = asked + LEASE_TTL if ok else 0.0
         return ok
 
     def _claim_namespace(self) -> None:

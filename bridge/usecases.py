@@ -7,7 +7,6 @@ plain values and returns a result dataclass; nothing here prints, and every
 only SQL and the broker the only Redis: this module only puts their calls in order.
 """
 
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -378,8 +377,9 @@ def status(app: App, *, clock: float | None = None) -> Status:
 
     Redis being down is a warning, not an error: the database part still answers.
     """
-    clock = time.time() if clock is None else clock
     with store.reading(app.engine) as session:
+        # The lease clock, not this host's: on PostgreSQL, leases are stamped by the database.
+        clock = store.lease_clock(session=session) if clock is None else clock
         leases = store.list_leases(session=session, prefix=DISPATCHER_LEASE)
         counts = dict(store.progress(session=session).counts)
         slots = store.list_slots(session=session)

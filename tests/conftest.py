@@ -43,8 +43,40 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "bridge.db"
 
 
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "both_backends: run the test once on SQLite and once on PostgreSQL (``db_url``)",
+    )
+    config.addinivalue_line(
+        "markers", "sqlite_only: about SQLite itself (files, locks, its planner): SQLite only"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test (or module, through ``pytestmark``) marked ``both_backends`` runs on each
+    backend: ``db_url`` is then a SQLite file or a throwaway PostgreSQL database. A test
+    of such a module marked ``sqlite_only`` runs on SQLite alone."""
+    marked = metafunc.definition.get_closest_marker
+    if "backend" in metafunc.fixturenames and marked("both_backends") and not marked("sqlite_only"):
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
 @pytest.fixture
-def db_url(db_path: Path) -> str:
+def backend(request: pytest.FixtureRequest) -> str:
+    """The database this test runs on: SQLite unless the test is marked ``both_backends``."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def db_url(request: pytest.FixtureRequest, backend: str, db_path: Path) -> str:
+    """The test's database: a SQLite file, or (``backend`` postgresql) an empty PostgreSQL
+    database, which fails instead of skipping under CI."""
+    if backend == "postgresql":
+        return request.getfixturevalue("pg_url")
     return f"sqlite:///{db_path}"
 
 

@@ -7,7 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +38,23 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def query(db: Path, sql: str, *params: Any) -> list[tuple]:
+def query(db: Path | str, sql: str, *params: Any) -> list[tuple]:
+    """Rows of ``sql`` (``?`` placeholders) on a SQLite file, or on the database of a
+    PostgreSQL URL (``postgresql://`` or ``postgresql+psycopg://``)."""
+    if isinstance(db, str) and db.startswith("postgresql"):
+        import psycopg
+
+        url = "postgresql://" + db.split("://", 1)[1]
+        with psycopg.connect(url, connect_timeout=10, autocommit=True) as conn:
+            cursor = conn.execute(sql.replace("?", "%s"), params)
+            return [] if cursor.description is None else [tuple(r) for r in cursor.fetchall()]
+    if isinstance(db, str) and db.startswith("sqlite:///"):
+        db = Path(db.removeprefix("sqlite:///"))
     with sqlite3.connect(db, timeout=30) as conn:
         return conn.execute(sql, params).fetchall()
 
 
-def statuses(db: Path) -> dict[str, str]:
+def statuses(db: Path | str) -> dict[str, str]:
     return dict(query(db, "SELECT id, status FROM tasks"))
 
 
@@ -64,11 +75,18 @@ class Processes:
         self.started: list[subprocess.Popen] = []
         self.count = 0
 
-    def start(self, *args: str, env: dict[str, str]) -> subprocess.Popen:
+    def start(
+        self, *args: str, env: dict[str, str], prefix: Sequence[str] = ()
+    ) -> subprocess.Popen:
+        """Start ``bridge ARGS``; ``prefix`` runs it under a wrapper (e.g. ``faketime``)."""
         self.count += 1
         log = open(self.tmp_path / f"proc-{self.count}-{args[0]}.log", "wb")
         process = subprocess.Popen(
-            [*BRIDGE, *args], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [*prefix, *BRIDGE, *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         self.started.append(process)

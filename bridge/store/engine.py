@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import event, inspect
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlmodel import Session, create_engine
 
@@ -84,8 +84,9 @@ def open_engine(
             engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
         _tune_sqlite(engine, read_only=read_only)
     else:
+        parsed = _with_driver(parsed, url)
         try:
-            engine = create_engine(url, pool_pre_ping=True)
+            engine = create_engine(parsed, pool_pre_ping=True)
         except Exception as exc:  # missing driver, bad options
             raise StoreError(
                 f"cannot use database {redact_url(url)}: {redact_text(str(exc), url)}"
@@ -103,6 +104,32 @@ def open_engine(
             f"cannot open database {_where(url)}: {redact_text(str(exc.orig), url)}"
         ) from None
     return engine
+
+
+POSTGRES_EXTRA = (
+    "install the postgres extra: pip install 'bridge[postgres]', or '.[postgres]' in a clone"
+)
+"""What to install for PostgreSQL: psycopg 3, through the package's ``postgres`` extra."""
+
+
+def _with_driver(parsed: URL, url: str) -> URL:
+    """``postgresql://`` means psycopg 3 here (SQLAlchemy alone would pick psycopg2, which
+    bridge does not ship); a URL naming its driver (``postgresql+psycopg://``) is kept.
+
+    A missing psycopg is said in one line, with the extra that brings it."""
+    if parsed.get_backend_name() != "postgresql":
+        return parsed
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_driver_name() == "psycopg":
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise StoreError(
+                f"cannot use database {redact_url(url)}: PostgreSQL needs the psycopg 3"
+                f" driver ({POSTGRES_EXTRA})"
+            ) from None
+    return parsed
 
 
 def _where(url: str) -> str:

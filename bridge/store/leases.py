@@ -1,48 +1,101 @@
-"""Named leases: one dispatcher at a time per queue."""
+"""Named leases: one dispatcher at a time per database.
 
+Whose clock decides when a lease lapses: on PostgreSQL, the database's own
+(``clock_timestamp()``, read inside the statement that takes or checks the lease), because
+dispatchers may run on hosts whose clocks differ: a standby whose clock runs a minute ahead
+would otherwise find a live lease already lapsed and take it from a dispatcher that is still
+working. On SQLite every dispatcher runs on the one host that holds the file, so they all
+read the same clock and the local ``time.time()`` is enough.
+
+The holder itself never compares these stamps with its own clock: it counts its lease from
+just before it asked for it, on its monotonic clock (see ``Dispatcher._lease_valid``), which
+ends no later than the database's expiry whatever the two clocks say.
+"""
+
+import time
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import Float, case, cast, delete, func, literal, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
 from bridge.store.tables import LEASES
 
 
-def acquire_lease(*, session: Session, name: str, holder: str, ttl: float, clock: float) -> bool:
-    """Take or renew a named lease; True if ``holder`` has it until ``clock + ttl``."""
+def _database_clock() -> Any:
+    """PostgreSQL's wall clock at this very moment, in seconds since the epoch."""
+    return cast(func.extract("epoch", func.clock_timestamp()), Float)
+
+
+def _uses_database_clock(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _clock(session: Session, clock: float | None) -> Any:
+    """The lease clock as a SQL expression: ``clock`` when given (tests), else the
+    database's clock on PostgreSQL and the local one on SQLite."""
+    if clock is not None:
+        return literal(clock, Float)
+    if _uses_database_clock(session):
+        return _database_clock()
+    return literal(time.time(), Float)
+
+
+def lease_clock(*, session: Session) -> float:
+    """Now, on the clock leases are stamped with (to say how long one has left)."""
+    if _uses_database_clock(session):
+        return float(session.connection().execute(select(_database_clock())).scalar_one())
+    return time.time()
+
+
+def acquire_lease(
+    *, session: Session, name: str, holder: str, ttl: float, clock: float | None = None
+) -> bool:
+    """Take or renew a named lease; True if ``holder`` has it for ``ttl`` seconds from now.
+
+    ``clock`` overrides the lease clock (tests simulate time with it); dispatchers leave
+    it out, so PostgreSQL decides by its own clock and SQLite by the host's.
+    """
     conn = session.connection()
+    at = _clock(session, clock)
     changed = conn.execute(
         update(LEASES)
         .where(LEASES.c.name == name)
-        .where((LEASES.c.holder == holder) | (LEASES.c.expires_at < clock))
+        .where((LEASES.c.holder == holder) | (LEASES.c.expires_at < at))
         .values(
             holder=holder,
-            expires_at=clock + ttl,
+            expires_at=at + ttl,
             # SET reads the row as it was: a renewal keeps the time the holder took it.
             acquired_at=case(
-                (LEASES.c.holder == holder, func.coalesce(LEASES.c.acquired_at, clock)),
-                else_=clock,
+                (LEASES.c.holder == holder, func.coalesce(LEASES.c.acquired_at, at)),
+                else_=at,
             ),
         )
     ).rowcount
     if changed:
         return True
-    exists = conn.execute(select(LEASES.c.holder).where(LEASES.c.name == name)).first()
-    if exists is not None:
-        return False
-    conn.execute(
-        insert(LEASES).values(name=name, holder=holder, expires_at=clock + ttl, acquired_at=clock)
-    )
-    return True
+    # No row yet: insert one, unless a rival inserted it meanwhile (then it is the rival's).
+    insert = pg_insert if _uses_database_clock(session) else sqlite_insert
+    inserted = conn.execute(
+        insert(LEASES)
+        .values(name=name, holder=holder, expires_at=at + ttl, acquired_at=at)
+        .on_conflict_do_nothing(index_elements=[LEASES.c.name])
+        .returning(LEASES.c.name)
+    ).first()
+    return inserted is not None
 
 
-def holds_lease(*, session: Session, name: str, holder: str, clock: float) -> bool:
-    """Whether ``holder`` has the lease until at least ``clock``."""
+def holds_lease(*, session: Session, name: str, holder: str, clock: float | None = None) -> bool:
+    """Whether ``holder`` has the lease now (or at ``clock``, when given)."""
     row = (
         session.connection()
         .execute(
             select(LEASES.c.holder).where(
-                LEASES.c.name == name, LEASES.c.holder == holder, LEASES.c.expires_at > clock
+                LEASES.c.name == name,
+                LEASES.c.holder == holder,
+                LEASES.c.expires_at > _clock(session, clock),
             )
         )
         .first()
@@ -70,7 +123,7 @@ class LeaseInfo:
     name: str
     holder: str
     acquired_at: float | None
-    """Seconds on the dispatcher's clock (``time.time()``) when ``holder`` took it."""
+    """Seconds since the epoch on the lease clock (``lease_clock``) when ``holder`` took it."""
     expires_at: float
 
 

@@ -18,6 +18,7 @@ from sqlmodel import Session
 from bridge.messages import Report, truncate
 from bridge.states import IN_FLIGHT, ReportKind, TaskStatus, decide_report
 from bridge.store.engine import StoreError, now, stamp
+from bridge.store.locks import lock_dependency_counts
 from bridge.store.tables import TASKS, _chunks, _event, _record, _release_slots
 
 _GUARD = " WHERE id = :id AND status = :source AND job_id = :job"
@@ -66,6 +67,7 @@ def apply_reports(
     A report changes a task only if it carries the task's current attempt and the
     task is in flight; anything else is recorded as ignored and changes nothing.
     """
+    lock_dependency_counts(session)  # before an outcome can unblock dependents
     conn = session.connection()
     state = _current_state(session, reports)
     at = now()

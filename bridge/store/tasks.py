@@ -18,6 +18,7 @@ from bridge.states import (
     TaskStatus,
 )
 from bridge.store.engine import TaskStateError, now
+from bridge.store.locks import lock_dependency_counts
 from bridge.store.tables import EDGES, EVENTS, SLOTS, TASKS, _chunks, _event, _record
 
 
@@ -76,6 +77,7 @@ def add_tasks(
     skipped (rerunning a file resumes); any other clash is an error.
     """
     graph.unique_ids(specs)  # before any are set aside as already stored
+    lock_dependency_counts(session)  # before the dependencies' status is read
     conn = session.connection()
     referenced = sorted({s.id for s in specs} | {d for s in specs for d in s.dependencies})
     stored: dict[str, Any] = {}

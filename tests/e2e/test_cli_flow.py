@@ -4,6 +4,7 @@ import json
 import socket
 from pathlib import Path
 
+import pytest
 from helpers import bridge, bridge_json, statuses
 
 from bridge.redis_server import PrivateRedis
@@ -19,7 +20,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_run_the_example_then_rerun_resumes(tmp_path, bridge_env, db_path):
+@pytest.mark.both_backends
+def test_run_the_example_then_rerun_resumes(tmp_path, bridge_env, db_url):
     # Given the README's example graph
     example = ROOT / "examples" / "pipeline.json"
     # When it is run with the one command
@@ -27,7 +29,7 @@ def test_run_the_example_then_rerun_resumes(tmp_path, bridge_env, db_path):
     # Then everything is done and a summary is printed
     assert first.returncode == 0, first.stdout + first.stderr
     assert "summary: 11 done" in first.stdout
-    assert set(statuses(db_path).values()) == {"done"}
+    assert set(statuses(db_url).values()) == {"done"}
     # When it is run again, nothing is added and nothing runs again
     events_before = len(bridge_json("events", env=bridge_env))
     again = bridge("run", str(example), env=bridge_env, cwd=tmp_path, timeout=180)

@@ -140,3 +140,60 @@ def test_docker_compose_accepts_the_file():
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def compose_postgres() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.postgres.yml").read_text())
+
+
+def test_compose_postgres_file_points_the_dispatcher_at_a_postgres_service():
+    # Given the optional second compose file, laid over the first
+    base, extra = compose(), compose_postgres()
+    services = extra["services"]
+    # Then it adds a postgres service whose data lives on a declared named volume
+    postgres = services["postgres"]
+    assert str(postgres["image"]).startswith("postgres:")
+    env = environment(postgres)
+    mounts = [str(v).split(":")[:2] for v in postgres.get("volumes", [])]
+    assert [m for m in mounts if m[1] == "/var/lib/postgresql/data"], mounts
+    assert mounts[0][0] in (extra.get("volumes") or {})
+    assert "healthcheck" in postgres
+    # And the dispatcher's database is that service, with its user, password and database
+    url = urlsplit(environment(services["dispatch"])["BRIDGE_DATABASE_URL"])
+    assert url.scheme == "postgresql" and url.hostname == "postgres"
+    assert (url.username, url.password, url.path.lstrip("/")) == (
+        env["POSTGRES_USER"],
+        env["POSTGRES_PASSWORD"],
+        env["POSTGRES_DB"],
+    )
+    assert {"postgres", "redis"} <= depends_on(services["dispatch"])
+    assert services["dispatch"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # And it overrides only the dispatcher: workers still need nothing but Redis
+    assert set(services) == {"postgres", "dispatch"}
+    assert "dispatch" in base["services"] and "worker" not in services
+    # And the image both files build has the PostgreSQL driver (the postgres extra)
+    assert "[postgres]" in (ROOT / "Dockerfile").read_text()
+
+
+def test_docker_compose_accepts_the_postgres_file_over_the_first():
+    compose_cmd = _compose_command()
+    if compose_cmd is None:
+        pytest.skip("no docker compose client on this machine (docker compose / docker-compose)")
+    files = [
+        "-f",
+        str(ROOT / "docker-compose.yml"),
+        "-f",
+        str(ROOT / "docker-compose.postgres.yml"),
+    ]
+    result = subprocess.run(
+        [*compose_cmd, *files, "config", "--format", "json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    merged = json.loads(result.stdout)["services"]
+    url = environment(merged["dispatch"])["BRIDGE_DATABASE_URL"]
+    assert url.startswith("postgresql://") and "@postgres:5432/" in url
+    assert {"redis", "postgres"} <= depends_on(merged["dispatch"])

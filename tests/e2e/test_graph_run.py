@@ -5,6 +5,7 @@ import signal
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from graphs import mixed_graph
 from helpers import bridge, bridge_json, query, statuses, wait_until
 
@@ -23,7 +24,8 @@ def runs(log: Path) -> Counter:
     return Counter(line.split()[0] for line in log.read_text().splitlines())
 
 
-def test_hundred_task_graph_runs_to_done_with_two_workers(tmp_path, bridge_env, db_path, processes):
+@pytest.mark.both_backends
+def test_hundred_task_graph_runs_to_done_with_two_workers(tmp_path, bridge_env, db_url, processes):
     # Given a 100-task graph with chains, fan-out and fan-in
     path, log, graph = write_graph(tmp_path)
     added = bridge("add", "--file", str(path), env=bridge_env)
@@ -54,7 +56,7 @@ def test_hundred_task_graph_runs_to_done_with_two_workers(tmp_path, bridge_env, 
     transitions = Counter(
         (task, source, target)
         for task, source, target in query(
-            db_path, "SELECT task_id, from_status, to_status FROM task_events"
+            db_url, "SELECT task_id, from_status, to_status FROM task_events"
         )
     )
     for task_id in tasks:
@@ -69,36 +71,36 @@ def test_hundred_task_graph_runs_to_done_with_two_workers(tmp_path, bridge_env, 
     assert all(not s["active"] for s in bridge_json("slots", env=bridge_env))
 
 
-def test_stop_everything_mid_graph_then_resume(tmp_path, bridge_env, db_path, processes):
+def test_stop_everything_mid_graph_then_resume(tmp_path, bridge_env, db_url, processes):
     # Given a graph of slow-ish tasks, half way through
     path, log, graph = write_graph(tmp_path, size=60, sleep=0.1)
     assert bridge("add", "--file", str(path), env=bridge_env).returncode == 0
     dispatcher = processes.start("dispatch", env=bridge_env)
     workers = [processes.start("worker", "--quiet", env=bridge_env) for _ in range(2)]
-    wait_until(lambda: list(statuses(db_path).values()).count("done") >= 15, timeout=60)
+    wait_until(lambda: list(statuses(db_url).values()).count("done") >= 15, timeout=60)
     # When the dispatcher is killed outright and the workers are stopped
     dispatcher.send_signal(signal.SIGKILL)
     dispatcher.wait(timeout=10)
     for worker in workers:
         assert processes.stop(worker) == 0
-    before = statuses(db_path)
+    before = statuses(db_url)
     done_before = {t for t, s in before.items() if s == "done"}
     assert 15 <= len(done_before) < 60
     # Then the states are kept while nothing runs
-    assert statuses(db_path) == before
+    assert statuses(db_url) == before
     # And whatever the slot table says meanwhile (here: stale rows), it is not trusted
-    query(db_path, "UPDATE worker_slots SET active = 1, task_id = 'ghost', worker_id = 'gone'")
+    query(db_url, "UPDATE worker_slots SET active = 1, task_id = 'ghost', worker_id = 'gone'")
     # When everything starts again
     dispatcher = processes.start("dispatch", env=bridge_env)
 
     # Then the slots are rebuilt from the tasks really in flight
     def slots_rebuilt() -> bool:
         active = {
-            row[0] for row in query(db_path, "SELECT task_id FROM worker_slots WHERE active = 1")
+            row[0] for row in query(db_url, "SELECT task_id FROM worker_slots WHERE active = 1")
         }
         flying = {
             row[0]
-            for row in query(db_path, "SELECT id FROM tasks WHERE status IN ('queued', 'working')")
+            for row in query(db_url, "SELECT id FROM tasks WHERE status IN ('queued', 'working')")
         }
         return active == flying
 
@@ -108,7 +110,7 @@ def test_stop_everything_mid_graph_then_resume(tmp_path, bridge_env, db_path, pr
     waited = bridge("wait", "--timeout", "120", "--quiet", env=bridge_env, timeout=150)
     assert waited.returncode == 0, waited.stderr + processes.logs()
     # And the graph finishes with no task lost, and done tasks were not run again
-    after = statuses(db_path)
+    after = statuses(db_url)
     assert set(after.values()) == {"done"}
     counts = runs(log)
     assert set(counts) == set(after)

@@ -1,4 +1,7 @@
-"""Shared helpers of the fault-injection suite: graphs, logs, processes, database reads."""
+"""Shared helpers of the fault-injection suite: graphs, logs, processes, database reads.
+
+A database is a SQLite file (``Path``) or a database URL (SQLite or PostgreSQL): the reads
+go through ``helpers.query``, which takes either."""
 
 import json
 import os
@@ -98,7 +101,7 @@ def epoch(moment: str) -> float:
     )
 
 
-def tasks(db: Path) -> dict[str, dict[str, Any]]:
+def tasks(db: Path | str) -> dict[str, dict[str, Any]]:
     rows = query(
         db, "SELECT id, status, attempts, failures, error, output, job_id, worker FROM tasks"
     )
@@ -106,7 +109,7 @@ def tasks(db: Path) -> dict[str, dict[str, Any]]:
     return {row[0]: dict(zip(keys, row, strict=True)) for row in rows}
 
 
-def events(db: Path, task_id: str | None = None) -> list[dict[str, Any]]:
+def events(db: Path | str, task_id: str | None = None) -> list[dict[str, Any]]:
     sql = "SELECT task_id, from_status, to_status, attempt, at, detail FROM task_events"
     params: tuple = ()
     if task_id is not None:
@@ -116,7 +119,7 @@ def events(db: Path, task_id: str | None = None) -> list[dict[str, Any]]:
     return [dict(zip(keys, row, strict=True)) for row in query(db, sql + " ORDER BY id", *params)]
 
 
-def lease(db: Path) -> tuple[str, float] | None:
+def lease(db: Path | str) -> tuple[str, float] | None:
     try:
         rows = query(db, "SELECT holder, expires_at FROM leases")
     except Exception:  # table not created yet
@@ -124,7 +127,7 @@ def lease(db: Path) -> tuple[str, float] | None:
     return (rows[0][0], rows[0][1]) if rows else None
 
 
-def holder_pid(db: Path) -> int | None:
+def holder_pid(db: Path | str) -> int | None:
     """The pid in the lease holder's name (``host:pid:nonce``), if a lease is held."""
     held = lease(db)
     if held is None or held[1] < time.time():
@@ -205,7 +208,7 @@ class Fleet:
 
     def wait_done(
         self,
-        db: Path,
+        db: Path | str,
         *,
         timeout: float = 60,
         expected: dict[str, str] | None = None,
@@ -248,7 +251,7 @@ class Fleet:
             time.sleep(0.1)
 
 
-def in_flight_report(db: Path, url: str) -> str:
+def in_flight_report(db: Path | str, url: str) -> str:
     """Each task in flight, as the database and as Redis/RQ see it (for failure messages)."""
     lines = []
     try:
@@ -286,7 +289,7 @@ class Outcome:
 
 
 def outcome(
-    db: Path,
+    db: Path | str,
     log: Path,
     graph: Iterable[dict[str, Any]],
     expected: dict[str, str] | None = None,
@@ -518,11 +521,11 @@ def longest_tick_gap(n: int) -> tuple[float, float]:
     return took, max(gaps, default=0.0)
 
 
-def worker_lost(db: Path) -> list[dict[str, Any]]:
+def worker_lost(db: Path | str) -> list[dict[str, Any]]:
     """Events whose detail names WorkerLost."""
     return [e for e in events(db) if "WorkerLost" in (e["detail"] or "")]
 
 
-def ignored(db: Path) -> list[dict[str, Any]]:
+def ignored(db: Path | str) -> list[dict[str, Any]]:
     """Events of reports the database ignored (stale attempt, unknown task...)."""
     return [e for e in events(db) if (e["detail"] or "").startswith("ignored")]

@@ -3,7 +3,10 @@ quotes, newlines, unicode and SQL, through a real run."""
 
 import json
 
+import pytest
 from faultlib import Fleet, add_graph, bridge_all, outcome, record_task, tasks
+
+pytestmark = pytest.mark.both_backends
 
 MAX_OUTPUT = 4096
 MARKER = "[truncated"
@@ -22,7 +25,7 @@ ODD_IDS = [
 
 
 def test_oversize_output_is_truncated_with_a_marker(
-    tmp_path, fault_env, db_path, processes, fault_table
+    tmp_path, fault_env, db_url, processes, fault_table
 ):
     # Given handlers whose output or error is far over BRIDGE_MAX_OUTPUT
     log = tmp_path / "runs.log"
@@ -40,9 +43,9 @@ def test_oversize_output_is_truncated_with_a_marker(
     fleet.start("worker", "--quiet")
     # When they run
     try:
-        fleet.wait_done(db_path, timeout=30, expected=expected)
+        fleet.wait_done(db_url, timeout=30, expected=expected)
     finally:
-        result = outcome(db_path, log, graph, expected=expected)
+        result = outcome(db_url, log, graph, expected=expected)
         fault_table.add(
             "9a output/error > max-output",
             tasks=result.tasks,
@@ -54,7 +57,7 @@ def test_oversize_output_is_truncated_with_a_marker(
         )
     # Then each is stored cut to the limit, with a marker, and ran exactly once
     assert result.lost == 0 and result.repeated == 0, processes.logs()
-    final = tasks(db_path)
+    final = tasks(db_url)
     for task_id in ("big-string", "big-unicode", "big-list"):
         stored = final[task_id]["output"]
         assert MARKER in stored, task_id
@@ -68,9 +71,7 @@ def test_oversize_output_is_truncated_with_a_marker(
         assert isinstance(value, str) and MARKER in value, task_id
 
 
-def test_odd_ids_round_trip_through_a_real_run(
-    tmp_path, fault_env, db_path, processes, fault_table
-):
+def test_odd_ids_round_trip_through_a_real_run(tmp_path, fault_env, db_url, processes, fault_table):
     # Given tasks whose ids hold quotes, newlines, unicode and SQL, each one depending
     # on the one before
     log = tmp_path / "runs.log"
@@ -85,9 +86,9 @@ def test_odd_ids_round_trip_through_a_real_run(
     fleet.start("worker", "--quiet")
     # When they run
     try:
-        fleet.wait_done(db_path, timeout=30)
+        fleet.wait_done(db_url, timeout=30)
     finally:
-        result = outcome(db_path, log, graph)
+        result = outcome(db_url, log, graph)
         fault_table.add(
             "9b odd ids round trip",
             tasks=result.tasks,

@@ -1,21 +1,25 @@
-"""The store against real SQLite files: adding graphs, readiness, fencing, admin, leases.
+"""The store against real databases: adding graphs, readiness, fencing, admin, leases.
 
-Every test opens its own database file under ``tmp_path``; time passing is simulated by
+Every test runs on a SQLite file of its own under ``tmp_path`` and on an empty
+PostgreSQL database (``both_backends``); time passing is simulated by
 moving ``not_before`` with plain SQL.
 """
 
 import hashlib
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import inspect, select, text
 
 from bridge import store
 from bridge.graph import GraphError, TaskSpec, make_spec
 from bridge.messages import Report, job_id_for
 from bridge.states import BACKOFF_BASE, ReportKind, TaskStatus
 from bridge.store import dispatching
+
+pytestmark = pytest.mark.both_backends
 
 SLOTS = 4
 
@@ -24,13 +28,14 @@ SLOTS = 4
 
 
 @pytest.fixture
-def db_file(tmp_path: Path) -> Path:
-    return tmp_path / "t.db"
+def db_file(db_path: Path) -> Path:
+    """The SQLite file (of ``db_url`` when the test runs on SQLite)."""
+    return db_path
 
 
 @pytest.fixture
-def engine(db_file):
-    engine = store.open_engine(f"sqlite:///{db_file}")
+def engine(db_url):
+    engine = store.open_engine(db_url)
     with store.writing(engine) as session:
         store.reset_slots(session=session, slots=SLOTS)
     yield engine
@@ -171,11 +176,14 @@ def assert_only_an_ignored_event(engine, task_id, action):
 # --------------------------------------------------------------------------- engine
 
 
-def test_open_engine_creates_the_seed_schema(engine, db_file):
-    assert db_file.exists()
-    tables = {name for (name,) in sql(engine, "SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"tasks", "worker_slots", "task_edges", "task_events", "leases"} <= tables
-    columns = {c[1] for c in sql(engine, "PRAGMA table_info(tasks)")}
+def tables(engine) -> set[str]:
+    return set(inspect(engine).get_table_names())
+
+
+def test_open_engine_creates_the_seed_schema(engine, db_file, backend):
+    assert db_file.exists() == (backend == "sqlite")
+    assert {"tasks", "worker_slots", "task_edges", "task_events", "leases"} <= tables(engine)
+    columns = {c["name"] for c in inspect(engine).get_columns("tasks")}
     assert {
         "id",
         "description",
@@ -188,7 +196,8 @@ def test_open_engine_creates_the_seed_schema(engine, db_file):
         "completed_at",
         "created_at",
     } <= columns
-    assert sql(engine, "PRAGMA journal_mode") == [("wal",)]
+    if backend == "sqlite":
+        assert sql(engine, "PRAGMA journal_mode") == [("wal",)]
 
 
 def test_open_engine_in_a_missing_directory_is_a_store_error(tmp_path):
@@ -913,8 +922,7 @@ def test_odd_ids_round_trip_exactly(engine):
             trail = store.list_events(session=session, task_id=task_id)
             assert [e.to_status for e in trail] == ["available", "queued", "done"]
     # and no SQL in them ever ran
-    tables = {n for (n,) in sql(engine, "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"tasks", "task_events", "task_edges", "worker_slots"} <= tables
+    assert {"tasks", "task_events", "task_edges", "worker_slots"} <= tables(engine)
     assert sql(engine, "SELECT count(*) FROM task_events") == [(len(ODD_IDS) * 3,)]
 
 
@@ -1025,11 +1033,13 @@ def test_claim_ready_with_a_long_history_claims_only_ready_tasks(big_history):
     assert claim_ids(big_history) == []
 
 
+@pytest.mark.sqlite_only  # PostgreSQL's plans: tests/unit/test_postgres_plans.py
 def test_ready_query_uses_the_partial_index_with_statistics_too(big_history):
     write_sql(big_history, "ANALYZE")
     assert "ix_tasks_ready" in _ready_plan(big_history)
 
 
+@pytest.mark.sqlite_only  # PostgreSQL's plans: tests/unit/test_postgres_plans.py
 def test_claim_ready_uses_the_partial_index(big_history):
     assert "ix_tasks_ready" in _ready_plan(big_history)
 
@@ -1097,3 +1107,58 @@ def test_a_fresh_database_raced_by_several_processes_is_created_once(tmp_path):
     outputs = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert [p.returncode for p in procs] == [0] * 6
     assert len(set(outputs)) == 1 and outputs[0]
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+@pytest.mark.parametrize("first", ["report", "add"])
+def test_adding_a_dependent_while_its_dependency_finishes_never_loses_the_wakeup(engine, first):
+    """``bridge add`` of a task on a stored dependency, while the dispatcher commits that
+    dependency's success in another transaction: whichever writes first, the new task
+    ends up ready. (On PostgreSQL, READ COMMITTED lets the two interleave: the add read
+    the dependency as still working, the dispatcher's unblocking did not see the new edge,
+    and the task waited forever for a dependency that was done.)"""
+    import threading
+
+    add(engine, t("a"))
+    (d,) = claim(engine)
+    apply(engine, started(d))
+    holding, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def report() -> None:
+        try:
+            with store.writing(engine) as session:
+                store.apply_reports(session=session, reports=[succeeded(d)])
+                holding.set()
+                release.wait(10)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+            holding.set()
+
+    def add_dependent() -> None:
+        try:
+            with store.writing(engine) as session:
+                store.add_tasks(session=session, specs=[t("b", "a")])
+                holding.set()
+                release.wait(10)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+            holding.set()
+
+    one, other = (report, add_dependent) if first == "report" else (add_dependent, report)
+    first_thread = threading.Thread(target=one)
+    first_thread.start()
+    assert holding.wait(10)
+    holding.clear()
+    second_thread = threading.Thread(target=other)
+    second_thread.start()
+    time.sleep(0.3)  # the second one is now running into the first one's transaction
+    release.set()
+    first_thread.join(15)
+    second_thread.join(15)
+    assert not errors, errors
+    assert status(engine, "a") == "done"
+    assert row(engine, "b")["pending_deps"] == 0
+    assert claim_ids(engine) == ["b"]

@@ -5,6 +5,7 @@ where it must be missing.
 """
 
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ def live_app(db_url: str, redis_server):
     app.close()
 
 
-def set_status(db_path: Path, task_id: str, status: str, **columns) -> None:
+def set_status(db_path: Path | str, task_id: str, status: str, **columns) -> None:
     assignments = ", ".join(["status = ?", *(f"{name} = ?" for name in columns)])
     query(
         db_path, f"UPDATE tasks SET {assignments} WHERE id = ?", status, *columns.values(), task_id
@@ -236,6 +237,7 @@ def take(app: usecases.App, name: str, holder: str, clock: float, ttl: float = 1
         return store.acquire_lease(session=session, name=name, holder=holder, ttl=ttl, clock=clock)
 
 
+@pytest.mark.both_backends
 def test_a_lease_remembers_when_its_holder_took_it(app):
     assert take(app, "dispatcher:q", "one", clock=1000.0)
     assert take(app, "dispatcher:q", "one", clock=1005.0)  # renewal
@@ -249,11 +251,12 @@ def test_a_lease_remembers_when_its_holder_took_it(app):
     assert (lease.holder, lease.acquired_at) == ("two", 1030.0)
 
 
-def test_status_without_redis_shows_the_database_part_and_warns(app, db_path):
+@pytest.mark.both_backends
+def test_status_without_redis_shows_the_database_part_and_warns(app, db_url):
     # Given tasks in several states, a live dispatcher lease and an unrelated lease
     usecases.add(app, [spec("a"), spec("b"), spec("c")])
-    set_status(db_path, "a", "done")
-    set_status(db_path, "b", "working", attempts=1)
+    set_status(db_url, "a", "done")
+    set_status(db_url, "b", "working", attempts=1)
     now = time.time()
     take(app, "dispatcher:bridge", "host:1:abc", clock=now - 60)
     take(app, "dispatcher:bridge", "host:1:abc", clock=now - 5)
@@ -274,6 +277,22 @@ def test_status_without_redis_shows_the_database_part_and_warns(app, db_path):
     assert result.redis == "redis://:***@127.0.0.1:1/0"
 
 
+@pytest.mark.both_backends
+def test_status_reads_the_lease_clock_a_dispatcher_took_it_by(app):
+    # Given a lease taken as a dispatcher takes it (by the database's clock on PostgreSQL,
+    # the host's on SQLite)
+    with store.writing(app.engine) as session:
+        store.acquire_lease(session=session, name="dispatcher", holder="h:1:x", ttl=15.0)
+        taken = store.lease_clock(session=session)
+    # When status is asked for on that clock
+    (lease,) = usecases.status(app).dispatchers
+    # Then it is live with about 15 s left, taken about now
+    assert lease.live and 10.0 < lease.expires_in <= 15.0, lease
+    since = datetime.strptime(lease.since, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+    assert abs(since.timestamp() - taken) <= 1.5, (lease, taken)
+
+
+@pytest.mark.both_backends
 def test_status_of_a_lapsed_lease_says_no_dispatcher(app):
     take(app, "dispatcher:bridge", "gone", clock=time.time() - 100)
     result = usecases.status(app)
