@@ -179,11 +179,17 @@ def take_tokens(*, session: Session, count: int) -> int:
     bring one back, so a report from before can never match a later attempt.
     """
     conn = session.connection()
-    first = int(
+    # Increment first: the UPDATE takes the row's write lock, so two transactions that
+    # reserve at once (PostgreSQL under READ COMMITTED) queue instead of reading the
+    # same value; each then reads back what its own increment left.
+    conn.execute(
+        text(
+            "UPDATE bridge_meta SET value = CAST(CAST(value AS BIGINT) + :count AS TEXT)"
+            " WHERE key = 'next_token'"
+        ),
+        {"count": count},
+    )
+    after = int(
         conn.execute(text("SELECT value FROM bridge_meta WHERE key = 'next_token'")).scalar_one()
     )
-    conn.execute(
-        text("UPDATE bridge_meta SET value = :next WHERE key = 'next_token'"),
-        {"next": str(first + count)},
-    )
-    return first
+    return after - count
