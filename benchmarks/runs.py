@@ -7,12 +7,15 @@ task is ``done`` (bridge: its status in the database) or the last job is in
 RQ's finished registry. Both sides are polled alike.
 
 Every run returns a flat dict of numbers (the report keeps them all in
-``BENCH_JSON``), with ``cpu_ms_<process>`` per task for each process.
+``BENCH_JSON``), with ``cpu_ms_<process>`` per task for each process. On
+PostgreSQL the server processes that served bridge's dispatcher count as the
+process ``postgres`` (the runner's own polling connection left out): the
+database's work is part of bridge's cost there, as SQLite's is inside the
+dispatcher.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from datetime import datetime
@@ -24,13 +27,13 @@ from benchmarks.harness import (
     BRIDGE,
     CHAIN_POLL,
     RQ_QUEUE,
+    BenchDb,
     BenchError,
     CommandMeter,
     Env,
     Popen,
     Processes,
     new_db,
-    open_sqlite,
     spawn_bridge,
     spawn_rq_workers,
     vm_hwm_kb,
@@ -52,13 +55,21 @@ Numbers = dict[str, float]
 
 
 def _start_bridge(
-    env: Env, procs: Processes, db: Path, workers: int, worker_class: str, meter: CpuMeter
+    env: Env, procs: Processes, db: BenchDb, workers: int, worker_class: str, meter: CpuMeter
 ) -> tuple[Popen[bytes], list[Popen[bytes]]]:
     dispatcher, started = spawn_bridge(env, procs, db, workers, worker_class)
     meter.add("dispatcher", dispatcher.pid)
     for i, proc in enumerate(started):
         meter.add(f"worker{i + 1}", proc.pid)
     return dispatcher, started
+
+
+def _add_postgres(db: BenchDb, meter: CpuMeter) -> None:
+    """PostgreSQL: meter the server processes of the run's database (started after t0)."""
+    if db.postgres:
+        with db.connect() as conn:
+            for pid in db.backend_pids(conn):
+                meter.add("postgres", pid)
 
 
 def _start_rq(
@@ -96,7 +107,7 @@ def _timed(
 def bridge_throughput(env: Env, tasks: int, worker_class: str, history: int = 0) -> Numbers:
     """Scenario 1 (and 3 with ``history``): ``tasks`` independent noops, 2 workers."""
     with env.sandbox(f"bridge-throughput-{worker_class}-h{history}") as (folder, procs):
-        db, engine = new_db(folder)
+        db, engine = new_db(env)
         if history:
             fill_history(db, history)
         client_cpu = preload_bridge(engine, noop_specs(tasks))
@@ -109,6 +120,7 @@ def bridge_throughput(env: Env, tasks: int, worker_class: str, history: int = 0)
         spies = profiling.attach(env, folder, {"dispatcher": dispatcher, "worker1": workers[0]})
         ends = wait_bridge_done(db, [dispatcher, *workers], procs, env.args.timeout)
         commands = calls.stop()
+        _add_postgres(db, meter)
         cpu = meter.stop()
         hwm = vm_hwm_kb(dispatcher.pid)
         noise = load.stop(sum(cpu.values()))
@@ -138,8 +150,8 @@ def rq_throughput(env: Env, jobs: int, worker_class: str) -> Numbers:
 
 def bridge_chain(env: Env, links: int, worker_class: str) -> Numbers:
     """Scenario 2: a linear chain of noops, 1 worker."""
-    with env.sandbox(f"bridge-chain-{worker_class}") as (folder, procs):
-        db, engine = new_db(folder)
+    with env.sandbox(f"bridge-chain-{worker_class}") as (_folder, procs):
+        db, engine = new_db(env)
         preload_bridge(engine, chain_specs(links))
         engine.dispose()
         meter = CpuMeter({"redis": env.redis_pid()})
@@ -151,9 +163,10 @@ def bridge_chain(env: Env, links: int, worker_class: str) -> Numbers:
             db, [dispatcher, *workers], procs, env.args.timeout, every=CHAIN_POLL
         )
         commands = calls.stop()
+        _add_postgres(db, meter)
         cpu = meter.stop()
         noise = load.stop(sum(cpu.values()))
-        with open_sqlite(db) as conn:
+        with db.connect() as conn:
             first, last = conn.execute(
                 "SELECT min(started_at), max(completed_at) FROM tasks"
             ).fetchone()
@@ -201,14 +214,16 @@ def _seconds_between(first: str, last: str) -> float:
     return (datetime.strptime(last, fmt) - datetime.strptime(first, fmt)).total_seconds()
 
 
-def bridge_bulk_cli(env: Env, graph_file: Path, count: int, keep_db: Path | None = None) -> Numbers:
+def bridge_bulk_cli(
+    env: Env, graph_file: Path, count: int, keep: bool = False
+) -> tuple[Numbers, BenchDb]:
     """Scenario 4: ``bridge add --file`` as a real subprocess, timed end to end.
 
-    The database file already has its schema (an existing deployment's). With
-    ``keep_db`` the loaded database is moved there for scenario 5b.
+    The database already has its schema (an existing deployment's). With ``keep``
+    the loaded database outlives the run, for scenario 5b (which drops it).
     """
     with env.sandbox("bridge-bulk-cli") as (folder, _procs):
-        db, engine = new_db(folder)
+        db, engine = new_db(env)
         engine.dispose()
         out, err = folder / "add.out", folder / "add.err"
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
@@ -235,21 +250,14 @@ def bridge_bulk_cli(env: Env, graph_file: Path, count: int, keep_db: Path | None
         text = out.read_text() + err.read_text()
         if proc.returncode != 0 or f"added {count} task(s)" not in text:
             raise BenchError(f"bridge add failed ({proc.returncode}): {text}")
-        if keep_db is not None:
-            _move_db(db, keep_db)
-    return {"seconds": seconds, "per_second": count / seconds, "peak_rss_kb": peak_kb}
-
-
-def _move_db(source: Path, target: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        if Path(f"{source}{suffix}").exists():
-            shutil.move(f"{source}{suffix}", f"{target}{suffix}")
+        db.kept = keep
+    return {"seconds": seconds, "per_second": count / seconds, "peak_rss_kb": peak_kb}, db
 
 
 def bridge_bulk_store(env: Env, specs: list[TaskSpec]) -> Numbers:
     """Scenario 4, in process: ``store.add_tasks`` in one transaction, commit included."""
-    with env.sandbox("bridge-bulk-store") as (folder, _procs):
-        _db, engine = new_db(folder)
+    with env.sandbox("bridge-bulk-store") as (_folder, _procs):
+        _db, engine = new_db(env)
         t0 = time.perf_counter()
         preload_bridge(engine, specs)
         seconds = time.perf_counter() - t0
@@ -271,8 +279,8 @@ def rq_bulk(env: Env, count: int) -> Numbers:
 
 def bridge_memory_complete(env: Env, specs: list[TaskSpec], worker_class: str) -> Numbers:
     """Scenario 5a: a layered graph run to completion; dispatcher VmHWM before stopping it."""
-    with env.sandbox("bridge-memory-complete") as (folder, procs):
-        db, engine = new_db(folder)
+    with env.sandbox("bridge-memory-complete") as (_folder, procs):
+        db, engine = new_db(env)
         preload_bridge(engine, specs)
         engine.dispose()
         meter = CpuMeter()
@@ -285,12 +293,15 @@ def bridge_memory_complete(env: Env, specs: list[TaskSpec], worker_class: str) -
 
 
 def bridge_memory_bounded(
-    env: Env, db: Path, count: int, seconds: float, worker_class: str
+    env: Env, db: BenchDb, count: int, seconds: float, worker_class: str
 ) -> Numbers:
-    """Scenario 5b: ``db`` holds the whole bulk graph; dispatch for ``seconds``, VmHWM then."""
-    with env.sandbox("bridge-memory-bounded") as (folder, procs):
-        _move_db(db, folder / "bench.db")
-        db = folder / "bench.db"
+    """Scenario 5b: ``db`` holds the whole bulk graph; dispatch for ``seconds``, VmHWM then.
+
+    ``db`` (kept by scenario 4) is dropped with this run's sandbox.
+    """
+    with env.sandbox("bridge-memory-bounded") as (_folder, procs):
+        db.kept = False
+        env.sandbox_dbs.append(db)
         t0 = time.perf_counter()
         dispatcher, workers = spawn_bridge(env, procs, db, 2, worker_class)
         wait_bridge_ready(env, procs, db, [dispatcher, *workers], 2)
@@ -300,8 +311,7 @@ def bridge_memory_bounded(
         elapsed = time.perf_counter() - t0
         if dispatcher.poll() is not None:
             raise BenchError(f"dispatcher died\n{procs.logs()}")
-        with open_sqlite(db) as conn:
-            done = conn.execute("SELECT count(*) FROM tasks WHERE status = 'done'").fetchone()[0]
+        done = db.scalar("SELECT count(*) FROM tasks WHERE status = 'done'")
     return {
         "seconds": elapsed,
         "startup_seconds": ready,
