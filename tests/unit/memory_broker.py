@@ -66,6 +66,10 @@ class MemoryBroker:
         self.pending += taken
         return [Incoming(mid, report) for mid, report in taken]
 
+    def last_report_id(self) -> bytes | None:
+        entries = self.pending + self.stream
+        return max((mid for mid, _ in entries), key=int, default=None)
+
     def settle(self, acknowledged: Sequence[bytes], jobs: Sequence[Dispatch]) -> None:
         self.pending = [(m, r) for m, r in self.pending if m not in set(acknowledged)]
         for job in jobs:
