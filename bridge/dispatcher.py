@@ -38,6 +38,7 @@ from bridge.defaults import (
     PICKED_GRACE,
     QUEUE_TIMEOUT,
     REPORT_GRACE,
+    START_WAIT,
     TIMEOUT_MARGIN,
 )
 from bridge.messages import Dispatch, Report
@@ -186,10 +187,16 @@ class Dispatcher:
         acknowledge and enqueue. Claims only when something could have made a task
         ready or freed a slot, so an idle or "started"-only tick costs one read."""
         stats = TickStats()
-        timeout_ms = int(self._block_seconds() * 1000) if block else 0
+        # A claim already owed (reports applied by a drain, which never claims) must not
+        # wait for the next report: in a chain there is none until this claim is made.
+        owed = self._claim_wanted and claim and self._lease_valid()
+        timeout_ms = int(self._block_seconds() * 1000) if block and not owed else 0
         incoming = self.broker.read_reports(CONSUMER, block_ms=timeout_ms)
         if block and incoming and self._in_flight >= COALESCE_IN_FLIGHT:
             incoming += self._coalesce(len(incoming))
+        elif block and incoming and all(_is_start(m.report) for m in incoming):
+            time.sleep(START_WAIT)
+            incoming += self.broker.read_reports(CONSUMER, block_ms=0, count=COALESCE_BATCH)
         if incoming:
             self._last_read = max(self._last_read, _stream_id(incoming[-1].message_id))
         reports = [m.report for m in incoming if m.report is not None]
@@ -484,6 +491,10 @@ def _copy_message(namespace: str, other: str) -> str:
         " from another database file: this file is a copy of that database (same identity);"
         " a copy must not be dispatched on the same Redis as its original"
     )
+
+
+def _is_start(report: Report | None) -> bool:
+    return report is not None and report.kind is ReportKind.STARTED
 
 
 def _stream_id(message_id: bytes | str | None) -> tuple[int, int]:
