@@ -133,6 +133,8 @@ class Env:
     """Databases made in the current sandbox: dropped when it closes, unless ``kept``."""
     loaded_db: BenchDb | None = None
     """Scenario 4's loaded bulk graph, handed to scenario 5b."""
+    plans: dict[str, str] = field(default_factory=dict)
+    """PostgreSQL: the planner's choices for the dispatcher's reads, by history size."""
 
     def base_env(self) -> dict[str, str]:
         """The parent's environment without BRIDGE_/RQ_ settings; ``rq_jobs`` importable."""

@@ -43,6 +43,7 @@ from benchmarks.harness import (
 )
 from benchmarks.workloads import (
     chain_specs,
+    explain,
     fill_history,
     noop_specs,
     preload_bridge,
@@ -112,6 +113,8 @@ def bridge_throughput(env: Env, tasks: int, worker_class: str, history: int = 0)
             fill_history(db, history)
         client_cpu = preload_bridge(engine, noop_specs(tasks))
         engine.dispose()
+        if db.postgres:
+            env.plans[f"h{history}"] = explain(db)
         meter = CpuMeter({"redis": env.redis_pid()})
         calls = CommandMeter(env.client)
         load = LoadMeter()

@@ -205,6 +205,16 @@ def throughput(env: Env, res: Results, worker_class: str) -> None:
                 note="CPU time is less sensitive than wall time to other load on the machine",
             )
         )
+        for history, plan in sorted(env.plans.items()):
+            res.rows.append(
+                Row(
+                    scenario,
+                    f"PostgreSQL plans, {history.removeprefix('h')} done",
+                    None,
+                    target="(info)",
+                    note=plan,
+                )
+            )
 
 
 def chain(env: Env, res: Results, worker_class: str) -> None:

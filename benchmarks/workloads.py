@@ -101,6 +101,36 @@ def fill_history(db: BenchDb, count: int) -> None:
         conn.execute("COMMIT")
 
 
+PLANNED = {
+    "ready": "SELECT id, kind, payload, timeout, attempts, queue FROM tasks"
+    " WHERE status = 'available' AND pending_deps = 0"
+    " AND (not_before IS NULL OR not_before <= '9999') ORDER BY priority DESC, seq LIMIT 64",
+    "in flight": "SELECT id FROM tasks WHERE status IN ('queued', 'working')",
+    "backoff": "SELECT min(not_before) FROM tasks"
+    " WHERE status = 'available' AND not_before IS NOT NULL",
+}
+"""The dispatcher's per-tick reads whose cost must not grow with history (as it sends
+them, parameters filled in: ``bridge.store.dispatching``)."""
+
+
+def explain(db: BenchDb) -> str:
+    """PostgreSQL: how the planner runs ``PLANNED`` on this database as it is now
+    (no ANALYZE first: a backlog just added), in short: the scans and sorts per query."""
+    if not db.postgres:
+        return ""
+    parts = []
+    with db.connect() as conn:
+        for name, sql in PLANNED.items():
+            lines = [r[0] for r in conn.execute(f"EXPLAIN (COSTS OFF) {sql}").fetchall()]
+            steps = [
+                line.strip().removeprefix("->").strip()
+                for line in lines
+                if " Scan" in line or line.strip().removeprefix("->").strip().startswith("Sort")
+            ]
+            parts.append(f"{name}: {' > '.join(steps)}")
+    return "; ".join(parts)
+
+
 def preload_bridge(engine: Any, specs: list[TaskSpec]) -> float:
     """Commit ``specs`` as ``bridge add`` does (one transaction); returns the CPU it took."""
     own = time.process_time()
