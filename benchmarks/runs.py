@@ -53,6 +53,8 @@ from benchmarks.workloads import (
 from bridge.graph import TaskSpec
 
 Numbers = dict[str, float]
+NOOP_PREFIX = "t"
+"""Ids of scenario 1's tasks (the history's start with ``h``)."""
 
 
 def _start_bridge(
@@ -111,7 +113,7 @@ def bridge_throughput(env: Env, tasks: int, worker_class: str, history: int = 0)
         db, engine = new_db(env)
         if history:
             fill_history(db, history)
-        client_cpu = preload_bridge(engine, noop_specs(tasks))
+        client_cpu = preload_bridge(engine, noop_specs(tasks, NOOP_PREFIX))
         engine.dispose()
         if db.postgres:
             env.plans[f"h{history}"] = explain(db)
@@ -121,7 +123,9 @@ def bridge_throughput(env: Env, tasks: int, worker_class: str, history: int = 0)
         t0 = time.perf_counter()
         dispatcher, workers = _start_bridge(env, procs, db, 2, worker_class, meter)
         spies = profiling.attach(env, folder, {"dispatcher": dispatcher, "worker1": workers[0]})
-        ends = wait_bridge_done(db, [dispatcher, *workers], procs, env.args.timeout)
+        ends = wait_bridge_done(
+            db, [dispatcher, *workers], procs, env.args.timeout, prefix=NOOP_PREFIX
+        )
         commands = calls.stop()
         _add_postgres(db, meter)
         cpu = meter.stop()
