@@ -295,7 +295,8 @@ def wait_for(
 # ------------------------------------------------------------------------------ databases
 
 PREFIX = "bridge_bench_"
-"""Name prefix of every database (or SQLite file) the benchmark makes, and drops after."""
+"""Name prefix of every database (or SQLite file) the benchmark makes, and drops after;
+the full name is ``bridge_bench_<runner pid>_<random>``."""
 
 
 @dataclass
@@ -359,7 +360,7 @@ class Databases:
 
     SQLite (the default, or any ``sqlite:`` URL): a new file per run in the scratch
     directory. PostgreSQL: the URL names a server and a database to connect to for
-    administration only; every run gets a database ``bridge_bench_<random>`` made
+    administration only; every run gets a database ``bridge_bench_<pid>_<random>`` made
     on that server and dropped after it (``WITH (FORCE)``), so the databases already
     there are never read or written.
     """
@@ -404,7 +405,7 @@ class Databases:
 
     def new(self) -> BenchDb:
         """A new, empty database (no schema yet)."""
-        name = f"{PREFIX}{secrets.token_hex(6)}"
+        name = f"{PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
         if self.server is None:
             path = self.scratch / "databases" / f"{name}.db"
             path.parent.mkdir(exist_ok=True)

@@ -85,7 +85,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="where bridge's runs keep their tasks, as a SQLAlchemy URL. Default (or any"
         " sqlite: URL): a new SQLite file per run in a temporary directory. A PostgreSQL URL"
         " (postgresql+psycopg://USER@HOST:PORT/DB; postgresql:// means the same) names a"
-        " server: every run gets a new database bridge_bench_<random> made on it and dropped"
+        " server: every run gets a new database bridge_bench_<pid>_<random> made on it and dropped"
         " after the run; DB is only connected to for CREATE/DROP DATABASE, so the"
         " server's own databases are never read or written. The user must be allowed to"
         " create databases. [default: SQLite]",
