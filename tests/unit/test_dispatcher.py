@@ -206,3 +206,21 @@ def test_a_drain_applies_what_was_waiting_and_leaves_what_keeps_arriving(setup):
     broker.read_reports = read
     d.tick(block=False)
     assert {task(engine, "a").status, task(engine, "b").status} == {"done", "working"}
+
+
+def test_a_claim_owed_after_a_drain_does_not_wait_for_another_report(setup):
+    # Given a chain whose first link finished and was applied by a drain (which never claims)
+    settings, engine, broker, d = setup
+    add(engine, make_spec(task_id="a"), make_spec(task_id="b", dependencies=["a"]))
+    d.start()
+    d.tick(block=False)
+    broker.finish(broker.take())
+    d.drain()
+    assert task(engine, "a").status == "done"
+    assert task(engine, "b").status == "available"
+    # When the dispatcher ticks as its loop does (blocking)
+    broker.blocks.clear()
+    d.tick(block=True)
+    # Then it looked without waiting (no report will come before this claim) and claimed b
+    assert broker.blocks[0] == 0
+    assert task(engine, "b").status == "queued"
