@@ -27,22 +27,27 @@ class CpuMeter:
 
     Processes that exist already (Redis) count from the meter's creation; those
     ``add``ed count from their own start, because the runs start the clock before
-    they start the processes, so that their start-up is paid for.
+    they start the processes, so that their start-up is paid for. Several processes
+    added under one name (PostgreSQL's server processes) are summed.
     """
 
     def __init__(self, pids: dict[str, int] | None = None) -> None:
-        self.pids: dict[str, int] = {}
+        self.pids: dict[str, list[int]] = {}
         self.start: dict[str, float] = {}
         for name, pid in (pids or {}).items():
-            self.pids[name], self.start[name] = pid, cpu_seconds(pid)
+            self.pids[name], self.start[name] = [pid], cpu_seconds(pid)
 
     def add(self, name: str, pid: int) -> None:
         """A process started after the meter: all of its CPU counts."""
-        self.pids[name], self.start[name] = pid, 0.0
+        self.pids.setdefault(name, []).append(pid)
+        self.start.setdefault(name, 0.0)
 
     def stop(self) -> dict[str, float]:
         """Seconds of CPU by name; call it before the processes are stopped."""
-        return {name: cpu_seconds(pid) - self.start[name] for name, pid in self.pids.items()}
+        return {
+            name: sum(cpu_seconds(pid) for pid in pids) - self.start[name]
+            for name, pids in self.pids.items()
+        }
 
 
 def per_task_ms(cpu: dict[str, float], count: int) -> dict[str, float]:

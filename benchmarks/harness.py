@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import signal
 import sqlite3
@@ -17,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import redis
 from rq import Queue, Worker
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 from rq.serializers import JSONSerializer
+from sqlalchemy.engine import URL, make_url
 
 from bridge import store
 from bridge.redis_server import PrivateRedis
@@ -125,7 +127,14 @@ class Env:
     redis: PrivateRedis
     client: redis.Redis
     scratch: Path
+    databases: Databases
     counter: int = 0
+    sandbox_dbs: list[BenchDb] = field(default_factory=list)
+    """Databases made in the current sandbox: dropped when it closes, unless ``kept``."""
+    loaded_db: BenchDb | None = None
+    """Scenario 4's loaded bulk graph, handed to scenario 5b."""
+    plans: dict[str, str] = field(default_factory=dict)
+    """PostgreSQL: the planner's choices for the dispatcher's reads, by history size."""
 
     def base_env(self) -> dict[str, str]:
         """The parent's environment without BRIDGE_/RQ_ settings; ``rq_jobs`` importable."""
@@ -136,10 +145,10 @@ class Env:
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def bridge_env(self, db: Path, worker_class: str) -> dict[str, str]:
+    def bridge_env(self, db: BenchDb, worker_class: str) -> dict[str, str]:
         env = self.base_env()
         env.update(
-            BRIDGE_DATABASE_URL=f"sqlite:///{db}",
+            BRIDGE_DATABASE_URL=db.url,
             BRIDGE_REDIS_URL=self.redis.url,
             BRIDGE_QUEUE=BRIDGE_QUEUE,
             BRIDGE_WORKER_CLASS=worker_class,
@@ -152,7 +161,8 @@ class Env:
 
     @contextmanager
     def sandbox(self, label: str) -> Iterator[tuple[Path, Processes]]:
-        """A fresh folder and an empty Redis; every process started here is stopped after."""
+        """A fresh folder and an empty Redis; every process started here is stopped after,
+        and every database made here (``new_db``) is dropped, unless ``kept``."""
         self.counter += 1
         folder = self.scratch / f"{self.counter:03d}-{label}"
         folder.mkdir()
@@ -167,6 +177,10 @@ class Env:
             raise
         finally:
             procs.stop_all()
+            for db in self.sandbox_dbs:
+                if not db.kept:
+                    self.databases.drop(db)
+            self.sandbox_dbs.clear()
             if not self.args.keep:
                 shutil.rmtree(folder, ignore_errors=True)
             self.client.flushall()
@@ -201,7 +215,7 @@ class CommandMeter:
 def spawn_bridge(
     env: Env,
     procs: Processes,
-    db: Path,
+    db: BenchDb,
     workers: int,
     worker_class: str,
     extra_env: dict[str, str] | None = None,
@@ -218,7 +232,7 @@ def spawn_bridge(
 
 
 def wait_bridge_ready(
-    env: Env, procs: Processes, db: Path, watched: Sequence[Popen[bytes]], workers: int
+    env: Env, procs: Processes, db: BenchDb, watched: Sequence[Popen[bytes]], workers: int
 ) -> None:
     """Until the workers are registered and the dispatcher has rebuilt its slot table."""
     queue = Queue(BRIDGE_QUEUE, connection=env.client, serializer=JSONSerializer)
@@ -233,12 +247,12 @@ def wait_bridge_ready(
     )
 
 
-def _dispatcher_ready(db: Path, slots: int) -> bool:
+def _dispatcher_ready(db: BenchDb, slots: int) -> bool:
     try:
-        with open_sqlite(db) as conn:
+        with db.connect() as conn:
             leases = conn.execute("SELECT count(*) FROM leases").fetchone()[0]
             rows = conn.execute("SELECT count(*) FROM worker_slots").fetchone()[0]
-    except sqlite3.Error:
+    except Exception:  # noqa: BLE001 - not there yet (sqlite3.Error, psycopg.Error)
         return False
     return leases >= 1 and rows >= slots
 
@@ -287,50 +301,191 @@ def wait_for(
 
 # ------------------------------------------------------------------------------ databases
 
-
-@contextmanager
-def open_sqlite(db: Path) -> Iterator[sqlite3.Connection]:
-    conn = sqlite3.connect(str(db), timeout=30)
-    try:
-        yield conn
-    finally:
-        conn.close()
+PREFIX = "bridge_bench_"
+"""Name prefix of every database (or SQLite file) the benchmark makes, and drops after;
+the full name is ``bridge_bench_<runner pid>_<random>``."""
 
 
-def new_db(folder: Path) -> tuple[Path, Any]:
-    """A fresh SQLite file with bridge's schema, and an engine on it."""
-    db = folder / "bench.db"
-    return db, store.open_engine(f"sqlite:///{db}")
+@dataclass
+class BenchDb:
+    """One run's database: a fresh SQLite file, or a throwaway PostgreSQL database.
+
+    ``url`` is what bridge's processes get as ``BRIDGE_DATABASE_URL``; ``connect``
+    gives the runner its own DB-API connection (autocommit) for polling and setup,
+    with ``?`` placeholders rewritten for the driver by ``sql``.
+    """
+
+    url: str
+    name: str
+    path: Path | None = None
+    """The SQLite file; None on PostgreSQL."""
+    kept: bool = False
+    """Outlives its sandbox (scenario 4 hands its loaded database to 5b)."""
+
+    @property
+    def postgres(self) -> bool:
+        return self.path is None
+
+    def sql(self, statement: str) -> str:
+        return statement.replace("?", "%s") if self.postgres else statement
+
+    @contextmanager
+    def connect(self) -> Iterator[Any]:
+        if self.path is not None:
+            conn: Any = sqlite3.connect(str(self.path), timeout=30)
+        else:
+            import psycopg
+
+            conn = psycopg.connect(libpq_url(make_url(self.url)), autocommit=True)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def scalar(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        with self.connect() as conn:
+            return conn.execute(self.sql(statement), tuple(params)).fetchone()[0]
+
+    def backend_pids(self, conn: Any) -> list[int]:
+        """PostgreSQL: the server processes serving this database, the runner's own left out."""
+        if not self.postgres:
+            return []
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (self.name,),
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+
+def libpq_url(url: URL) -> str:
+    """A SQLAlchemy PostgreSQL URL as psycopg takes it (no ``+driver``)."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class Databases:
+    """Where runs get their databases (``--database``).
+
+    SQLite (the default, or any ``sqlite:`` URL): a new file per run in the scratch
+    directory. PostgreSQL: the URL names a server and a database to connect to for
+    administration only; every run gets a database ``bridge_bench_<pid>_<random>`` made
+    on that server and dropped after it (``WITH (FORCE)``), so the databases already
+    there are never read or written.
+    """
+
+    def __init__(self, url: str | None, scratch: Path) -> None:
+        self.scratch = scratch
+        self.server: URL | None = None
+        self.made: dict[str, BenchDb] = {}
+        if url is not None and make_url(url).get_backend_name() != "sqlite":
+            server = make_url(url)
+            if server.drivername == "postgresql":  # bridge's PostgreSQL driver: psycopg 3
+                server = server.set(drivername="postgresql+psycopg")
+            self.server = server
+
+    @property
+    def backend(self) -> str:
+        return "sqlite" if self.server is None else "postgresql"
+
+    def describe(self) -> str:
+        if self.server is None:
+            return "SQLite (a new file per run)"
+        shown = self.server.render_as_string(hide_password=True)
+        return f"PostgreSQL {self.version()} at {shown} (a new database per run)"
+
+    def version(self) -> str:
+        import psycopg
+
+        assert self.server is not None
+        with psycopg.connect(libpq_url(self.server), autocommit=True, connect_timeout=5) as conn:
+            return str(conn.execute("SHOW server_version").fetchone()[0]).split()[0]
+
+    def check(self) -> None:
+        """Fail early, with one line, when the PostgreSQL server cannot be used."""
+        if self.server is None:
+            return
+        try:
+            self.version()
+        except Exception as exc:  # noqa: BLE001 - any reason is a reason to stop here
+            shown = self.server.render_as_string(hide_password=True)
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise BenchError(f"cannot use PostgreSQL at {shown}: {first}") from None
+
+    def new(self) -> BenchDb:
+        """A new, empty database (no schema yet)."""
+        name = f"{PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
+        if self.server is None:
+            path = self.scratch / "databases" / f"{name}.db"
+            path.parent.mkdir(exist_ok=True)
+            db = BenchDb(url=f"sqlite:///{path}", name=name, path=path)
+        else:
+            self._admin(f'CREATE DATABASE "{name}"')
+            url = self.server.set(database=name).render_as_string(hide_password=False)
+            db = BenchDb(url=url, name=name)
+        self.made[name] = db
+        return db
+
+    def drop(self, db: BenchDb) -> None:
+        if self.made.pop(db.name, None) is None:
+            return
+        if db.path is not None:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{db.path}{suffix}").unlink(missing_ok=True)
+        else:
+            self._admin(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
+
+    def drop_all(self) -> None:
+        for db in list(self.made.values()):
+            try:
+                self.drop(db)
+            except Exception as exc:  # noqa: BLE001 - go on dropping the others
+                print(f"could not drop {db.name}: {exc}", file=sys.stderr)
+
+    def _admin(self, statement: str) -> None:
+        import psycopg
+
+        assert self.server is not None
+        with psycopg.connect(libpq_url(self.server), autocommit=True, connect_timeout=10) as conn:
+            conn.execute(statement)
+
+
+def new_db(env: Env) -> tuple[BenchDb, Any]:
+    """A fresh database with bridge's schema, and an engine on it; dropped with its sandbox."""
+    db = env.databases.new()
+    env.sandbox_dbs.append(db)
+    return db, store.open_engine(db.url)
 
 
 # ------------------------------------------------------------------------------ completion
 
 
 def wait_bridge_done(
-    db: Path,
+    db: BenchDb,
     watched: Sequence[Popen[bytes]],
     procs: Processes,
     timeout: float,
     every: float = POLL,
+    prefix: str = "",
 ) -> tuple[float, float]:
-    """Poll the database until no task is unfinished.
+    """Poll the database until no task whose id starts with ``prefix`` is unfinished.
 
+    A prefix keeps the poll to the run's own tasks (a primary-key range), so that its
+    cost does not grow with a history of finished tasks (scenario 3) on either side.
     Returns the ``perf_counter`` when the first task was seen done, and when all were.
     """
     deadline = time.monotonic() + timeout
     marks = ",".join("?" * len(UNFINISHED))
     first: float | None = None
-    with open_sqlite(db) as conn:
-        total = conn.execute(
-            f"SELECT count(*) FROM tasks WHERE status IN ({marks})", UNFINISHED
-        ).fetchone()[0]
+    where = f"status IN ({marks})"
+    params: tuple[str, ...] = UNFINISHED
+    if prefix:
+        where += " AND id >= ? AND id < ?"
+        params += (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))
+    count_sql = db.sql(f"SELECT count(*) FROM tasks WHERE {where}")
+    poll_sql = db.sql(f"SELECT status, count(*) FROM tasks WHERE {where} GROUP BY status")
+    with db.connect() as conn:
+        total = conn.execute(count_sql, params).fetchone()[0]
         while True:
-            counts = dict(
-                conn.execute(
-                    f"SELECT status, count(*) FROM tasks WHERE status IN ({marks}) GROUP BY status",
-                    UNFINISHED,
-                ).fetchall()
-            )
+            counts = dict(conn.execute(poll_sql, params).fetchall())
             now = time.perf_counter()
             if first is None and sum(counts.values()) < total:
                 first = now

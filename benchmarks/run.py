@@ -1,7 +1,9 @@
 """Benchmark bridge against plain RQ on the same machine, Redis and worker class.
 
 Run ``python benchmarks/run.py`` (``--help`` for sizes, ``--quick`` for a smoke
-run). It starts its own private redis-server, uses temporary SQLite files, runs
+run). It starts its own private redis-server, gives every run a database of its own
+(a temporary SQLite file, or with ``--database postgresql+psycopg://...`` a
+throwaway database on that PostgreSQL server, dropped after the run), runs
 every scenario ``--repeat`` times with bridge and RQ interleaved, and prints a
 table of medians and ratios (bridge / plain RQ) with PASS/MISS against the
 targets, the same table in markdown, and a last line ``BENCH_JSON {...}``.
@@ -32,11 +34,13 @@ if str(ROOT) not in sys.path:
 
 import redis  # noqa: E402
 import rq  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
 
-from benchmarks.harness import Env  # noqa: E402
+from benchmarks.harness import BenchError, Databases, Env  # noqa: E402
 from benchmarks.report import Row, bench_json, markdown_table, noise_summary, text_table  # noqa: E402
 from benchmarks.scenarios import DEFAULT_SCENARIOS, SCENARIOS, run_all  # noqa: E402
 from bridge.redis_server import PrivateRedis  # noqa: E402
+from bridge.settings import redact_url  # noqa: E402
 
 WORKER_CLASSES = ("simple", "fork")
 QUICK = {
@@ -78,6 +82,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--slots", type=int, default=64, help="BRIDGE_SLOTS [default: 64]")
     add("--prune", type=int, default=100_000, help="scenario 6: old tasks pruned [default: 100000]")
     add(
+        "--database",
+        metavar="URL",
+        help="where bridge's runs keep their tasks, as a SQLAlchemy URL. Default (or any"
+        " sqlite: URL): a new SQLite file per run in a temporary directory. A PostgreSQL URL"
+        " (postgresql+psycopg://USER@HOST:PORT/DB; postgresql:// means the same) names a"
+        " server: every run gets a new database bridge_bench_<pid>_<random> made on it and dropped"
+        " after the run; DB is only connected to for CREATE/DROP DATABASE, so the"
+        " server's own databases are never read or written. The user must be allowed to"
+        " create databases. [default: SQLite]",
+    )
+    add(
         "--only",
         default=",".join(DEFAULT_SCENARIOS),
         help=f"comma-separated scenarios of {', '.join(SCENARIOS)}"
@@ -103,13 +118,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in ("tasks", "chain", "bulk", "repeat", "slots"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    if args.database is not None:
+        try:
+            backend = make_url(args.database).get_backend_name()
+        except Exception:  # noqa: BLE001 - ArgumentError, ValueError: not a URL
+            parser.error(f"--database: not a database URL: {redact_url(args.database)}")
+        if backend not in ("sqlite", "postgresql"):
+            parser.error(f"--database takes a sqlite: or postgresql: URL, not {backend}:")
     return args
 
 
-def config_of(args: argparse.Namespace) -> dict[str, object]:
+def config_of(args: argparse.Namespace, database: str) -> dict[str, object]:
     keys = ("tasks", "chain", "history", "bulk", "memory_tasks", "memory_graph")
     keys += ("memory_seconds", "prune", "repeat", "worker_classes", "slots", "quick")
-    return {**{k: getattr(args, k) for k in keys}, "scenarios": sorted(args.only)}
+    return {
+        **{k: getattr(args, k) for k in keys},
+        "scenarios": sorted(args.only),
+        "database": database,
+    }
 
 
 def error_row(name: str, exc: Exception) -> Row:
@@ -131,12 +157,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     began = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix="bridge-bench-"))
+    databases = Databases(args.database, scratch)
+    try:
+        databases.check()
+        database = databases.describe()
+    except BenchError as exc:
+        shutil.rmtree(scratch, ignore_errors=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     server = PrivateRedis().start()
     client = redis.Redis.from_url(server.url)
-    env = Env(args=args, redis=server, client=client, scratch=scratch)
+    env = Env(args=args, redis=server, client=client, scratch=scratch, databases=databases)
     classes = ",".join(args.worker_classes)
     print(
-        f"bridge benchmark: worker classes {classes}, BRIDGE_SLOTS={args.slots},"
+        f"bridge benchmark: {database}; worker classes {classes}, BRIDGE_SLOTS={args.slots},"
         f" repeat {args.repeat}, rq {rq.__version__}, python {platform.python_version()},"
         f" {os.cpu_count()} cpu(s); {load_line()}",
         file=sys.stderr,
@@ -144,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         results = run_all(env, error_row)
     finally:
+        databases.drop_all()
         client.close()
         server.stop()
         if args.keep:
@@ -153,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.perf_counter() - began
     rows = sorted(results.rows, key=lambda r: r.scenario[:1])
     print()
+    print(f"database: {database}")
     print(
         f"bridge vs plain RQ: worker classes {classes} (same on both sides),"
         f" BRIDGE_SLOTS={args.slots}, {args.repeat} round(s), medians; cpus={os.cpu_count()},"
@@ -179,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(markdown_table(rows))
     print()
-    print(bench_json(config_of(args), elapsed, results))
+    print(bench_json(config_of(args, databases.backend), elapsed, results))
     return 1 if any(r.verdict == "ERROR" for r in rows) else 0
 
 

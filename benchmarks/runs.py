@@ -7,12 +7,15 @@ task is ``done`` (bridge: its status in the database) or the last job is in
 RQ's finished registry. Both sides are polled alike.
 
 Every run returns a flat dict of numbers (the report keeps them all in
-``BENCH_JSON``), with ``cpu_ms_<process>`` per task for each process.
+``BENCH_JSON``), with ``cpu_ms_<process>`` per task for each process. On
+PostgreSQL the server processes that served bridge's dispatcher count as the
+process ``postgres`` (the runner's own polling connection left out): the
+database's work is part of bridge's cost there, as SQLite's is inside the
+dispatcher.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from datetime import datetime
@@ -24,13 +27,13 @@ from benchmarks.harness import (
     BRIDGE,
     CHAIN_POLL,
     RQ_QUEUE,
+    BenchDb,
     BenchError,
     CommandMeter,
     Env,
     Popen,
     Processes,
     new_db,
-    open_sqlite,
     spawn_bridge,
     spawn_rq_workers,
     vm_hwm_kb,
@@ -40,6 +43,7 @@ from benchmarks.harness import (
 )
 from benchmarks.workloads import (
     chain_specs,
+    explain,
     fill_history,
     link_history,
     noop_specs,
@@ -50,12 +54,14 @@ from benchmarks.workloads import (
 from bridge.graph import TaskSpec
 
 Numbers = dict[str, float]
+NOOP_PREFIX = "t"
+"""Ids of scenario 1's tasks (the history's start with ``h``)."""
 
 
 def _start_bridge(
     env: Env,
     procs: Processes,
-    db: Path,
+    db: BenchDb,
     workers: int,
     worker_class: str,
     meter: CpuMeter,
@@ -66,6 +72,14 @@ def _start_bridge(
     for i, proc in enumerate(started):
         meter.add(f"worker{i + 1}", proc.pid)
     return dispatcher, started
+
+
+def _add_postgres(db: BenchDb, meter: CpuMeter) -> None:
+    """PostgreSQL: meter the server processes of the run's database (started after t0)."""
+    if db.postgres:
+        with db.connect() as conn:
+            for pid in db.backend_pids(conn):
+                meter.add("postgres", pid)
 
 
 def _start_rq(
@@ -103,19 +117,24 @@ def _timed(
 def bridge_throughput(env: Env, tasks: int, worker_class: str, history: int = 0) -> Numbers:
     """Scenario 1 (and 3 with ``history``): ``tasks`` independent noops, 2 workers."""
     with env.sandbox(f"bridge-throughput-{worker_class}-h{history}") as (folder, procs):
-        db, engine = new_db(folder)
+        db, engine = new_db(env)
         if history:
             fill_history(db, history)
-        client_cpu = preload_bridge(engine, noop_specs(tasks))
+        client_cpu = preload_bridge(engine, noop_specs(tasks, NOOP_PREFIX))
         engine.dispose()
+        if db.postgres:
+            env.plans[f"h{history}"] = explain(db)
         meter = CpuMeter({"redis": env.redis_pid()})
         calls = CommandMeter(env.client)
         load = LoadMeter()
         t0 = time.perf_counter()
         dispatcher, workers = _start_bridge(env, procs, db, 2, worker_class, meter)
         spies = profiling.attach(env, folder, {"dispatcher": dispatcher, "worker1": workers[0]})
-        ends = wait_bridge_done(db, [dispatcher, *workers], procs, env.args.timeout)
+        ends = wait_bridge_done(
+            db, [dispatcher, *workers], procs, env.args.timeout, prefix=NOOP_PREFIX
+        )
         commands = calls.stop()
+        _add_postgres(db, meter)
         cpu = meter.stop()
         hwm = vm_hwm_kb(dispatcher.pid)
         noise = load.stop(sum(cpu.values()))
@@ -130,31 +149,29 @@ def bridge_pruning(env: Env, tasks: int, worker_class: str, history: int, prune:
     """Scenario 6: ``tasks`` noops over ``history`` old finished tasks (graphs of 10),
     with the dispatcher pruning them (``BRIDGE_RETENTION=1d``) or not; 2 workers."""
     label = "prune" if prune else "keep"
-    with env.sandbox(f"bridge-{label}-{worker_class}-h{history}") as (folder, procs):
-        db, engine = new_db(folder)
+    with env.sandbox(f"bridge-{label}-{worker_class}-h{history}") as (_folder, procs):
+        db, engine = new_db(env)
         fill_history(db, history)
         link_history(db, history, group=10)
-        preload_bridge(engine, noop_specs(tasks))
+        preload_bridge(engine, noop_specs(tasks, NOOP_PREFIX))
         engine.dispose()
         meter = CpuMeter({"redis": env.redis_pid()})
         load = LoadMeter()
         extra = {"BRIDGE_RETENTION": "1d"} if prune else None
         t0 = time.perf_counter()
         dispatcher, workers = _start_bridge(env, procs, db, 2, worker_class, meter, extra)
-        ends = wait_bridge_done(db, [dispatcher, *workers], procs, env.args.timeout)
+        ends = wait_bridge_done(
+            db, [dispatcher, *workers], procs, env.args.timeout, prefix=NOOP_PREFIX
+        )
         cpu = meter.stop()
         noise = load.stop(sum(cpu.values()))
-        with open_sqlite(db) as conn:
-            left = conn.execute("SELECT count(*) FROM tasks WHERE id LIKE 'h%'").fetchone()[0]
+        left = db.scalar("SELECT count(*) FROM tasks WHERE id LIKE 'h%'")
         seconds_to_all = None
         if prune:  # how long the dispatcher takes to prune all of it (after the timed window)
             deadline = time.monotonic() + env.args.timeout
             while left and time.monotonic() < deadline and dispatcher.poll() is None:
                 time.sleep(0.25)
-                with open_sqlite(db) as conn:
-                    left_now = conn.execute(
-                        "SELECT count(*) FROM tasks WHERE id LIKE 'h%'"
-                    ).fetchone()[0]
+                left_now = db.scalar("SELECT count(*) FROM tasks WHERE id LIKE 'h%'")
                 if not left_now:
                     seconds_to_all = time.perf_counter() - t0
                     break
@@ -184,8 +201,8 @@ def rq_throughput(env: Env, jobs: int, worker_class: str) -> Numbers:
 
 def bridge_chain(env: Env, links: int, worker_class: str) -> Numbers:
     """Scenario 2: a linear chain of noops, 1 worker."""
-    with env.sandbox(f"bridge-chain-{worker_class}") as (folder, procs):
-        db, engine = new_db(folder)
+    with env.sandbox(f"bridge-chain-{worker_class}") as (_folder, procs):
+        db, engine = new_db(env)
         preload_bridge(engine, chain_specs(links))
         engine.dispose()
         meter = CpuMeter({"redis": env.redis_pid()})
@@ -197,9 +214,10 @@ def bridge_chain(env: Env, links: int, worker_class: str) -> Numbers:
             db, [dispatcher, *workers], procs, env.args.timeout, every=CHAIN_POLL
         )
         commands = calls.stop()
+        _add_postgres(db, meter)
         cpu = meter.stop()
         noise = load.stop(sum(cpu.values()))
-        with open_sqlite(db) as conn:
+        with db.connect() as conn:
             first, last = conn.execute(
                 "SELECT min(started_at), max(completed_at) FROM tasks"
             ).fetchone()
@@ -247,14 +265,16 @@ def _seconds_between(first: str, last: str) -> float:
     return (datetime.strptime(last, fmt) - datetime.strptime(first, fmt)).total_seconds()
 
 
-def bridge_bulk_cli(env: Env, graph_file: Path, count: int, keep_db: Path | None = None) -> Numbers:
+def bridge_bulk_cli(
+    env: Env, graph_file: Path, count: int, keep: bool = False
+) -> tuple[Numbers, BenchDb]:
     """Scenario 4: ``bridge add --file`` as a real subprocess, timed end to end.
 
-    The database file already has its schema (an existing deployment's). With
-    ``keep_db`` the loaded database is moved there for scenario 5b.
+    The database already has its schema (an existing deployment's). With ``keep``
+    the loaded database outlives the run, for scenario 5b (which drops it).
     """
     with env.sandbox("bridge-bulk-cli") as (folder, _procs):
-        db, engine = new_db(folder)
+        db, engine = new_db(env)
         engine.dispose()
         out, err = folder / "add.out", folder / "add.err"
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
@@ -281,21 +301,14 @@ def bridge_bulk_cli(env: Env, graph_file: Path, count: int, keep_db: Path | None
         text = out.read_text() + err.read_text()
         if proc.returncode != 0 or f"added {count} task(s)" not in text:
             raise BenchError(f"bridge add failed ({proc.returncode}): {text}")
-        if keep_db is not None:
-            _move_db(db, keep_db)
-    return {"seconds": seconds, "per_second": count / seconds, "peak_rss_kb": peak_kb}
-
-
-def _move_db(source: Path, target: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        if Path(f"{source}{suffix}").exists():
-            shutil.move(f"{source}{suffix}", f"{target}{suffix}")
+        db.kept = keep
+    return {"seconds": seconds, "per_second": count / seconds, "peak_rss_kb": peak_kb}, db
 
 
 def bridge_bulk_store(env: Env, specs: list[TaskSpec]) -> Numbers:
     """Scenario 4, in process: ``store.add_tasks`` in one transaction, commit included."""
-    with env.sandbox("bridge-bulk-store") as (folder, _procs):
-        _db, engine = new_db(folder)
+    with env.sandbox("bridge-bulk-store") as (_folder, _procs):
+        _db, engine = new_db(env)
         t0 = time.perf_counter()
         preload_bridge(engine, specs)
         seconds = time.perf_counter() - t0
@@ -317,8 +330,8 @@ def rq_bulk(env: Env, count: int) -> Numbers:
 
 def bridge_memory_complete(env: Env, specs: list[TaskSpec], worker_class: str) -> Numbers:
     """Scenario 5a: a layered graph run to completion; dispatcher VmHWM before stopping it."""
-    with env.sandbox("bridge-memory-complete") as (folder, procs):
-        db, engine = new_db(folder)
+    with env.sandbox("bridge-memory-complete") as (_folder, procs):
+        db, engine = new_db(env)
         preload_bridge(engine, specs)
         engine.dispose()
         meter = CpuMeter()
@@ -331,12 +344,15 @@ def bridge_memory_complete(env: Env, specs: list[TaskSpec], worker_class: str) -
 
 
 def bridge_memory_bounded(
-    env: Env, db: Path, count: int, seconds: float, worker_class: str
+    env: Env, db: BenchDb, count: int, seconds: float, worker_class: str
 ) -> Numbers:
-    """Scenario 5b: ``db`` holds the whole bulk graph; dispatch for ``seconds``, VmHWM then."""
-    with env.sandbox("bridge-memory-bounded") as (folder, procs):
-        _move_db(db, folder / "bench.db")
-        db = folder / "bench.db"
+    """Scenario 5b: ``db`` holds the whole bulk graph; dispatch for ``seconds``, VmHWM then.
+
+    ``db`` (kept by scenario 4) is dropped with this run's sandbox.
+    """
+    with env.sandbox("bridge-memory-bounded") as (_folder, procs):
+        db.kept = False
+        env.sandbox_dbs.append(db)
         t0 = time.perf_counter()
         dispatcher, workers = spawn_bridge(env, procs, db, 2, worker_class)
         wait_bridge_ready(env, procs, db, [dispatcher, *workers], 2)
@@ -346,8 +362,7 @@ def bridge_memory_bounded(
         elapsed = time.perf_counter() - t0
         if dispatcher.poll() is not None:
             raise BenchError(f"dispatcher died\n{procs.logs()}")
-        with open_sqlite(db) as conn:
-            done = conn.execute("SELECT count(*) FROM tasks WHERE status = 'done'").fetchone()[0]
+        done = db.scalar("SELECT count(*) FROM tasks WHERE status = 'done'")
     return {
         "seconds": elapsed,
         "startup_seconds": ready,

@@ -23,12 +23,14 @@ from bridge import graph
 
 Run = dict[str, float]
 THROUGHPUT_TARGET = 0.8
-CHAIN_TARGET = 1.0
+CHAIN_TARGET = {"sqlite": 1.0, "postgresql": 2.0}
+"""Per-link latency against RQ's ``depends_on``: on PostgreSQL every link pays a few
+network round trips to the server that SQLite's in-process calls do not (issue 8)."""
 HISTORY_TARGET = 0.9
 BULK_TARGET = 0.5
 MEMORY_LIMIT_MB = 150.0
 PRUNE_TARGET = 0.8
-PROCESSES = ("dispatcher", "worker1", "worker2", "redis", "client")
+PROCESSES = ("dispatcher", "worker1", "worker2", "redis", "postgres", "client")
 
 
 def rounds(env: Env, steps: Sequence[tuple[str, Callable[[], Run]]]) -> dict[str, list[Run]]:
@@ -90,6 +92,8 @@ def cpu_rows(scenario: str, b_runs: list[Run], r_runs: list[Run]) -> list[Row]:
         key = f"cpu_ms_{name}"
         b = median(b_runs, key) if key in b_runs[0] else None
         r = median(r_runs, key) if key in r_runs[0] else None
+        if b is None and r is None:
+            continue  # postgres: SQLite runs have no server
         rows.append(
             Row(
                 scenario,
@@ -202,6 +206,16 @@ def throughput(env: Env, res: Results, worker_class: str) -> None:
                 note="CPU time is less sensitive than wall time to other load on the machine",
             )
         )
+        for history, plan in sorted(env.plans.items()):
+            res.rows.append(
+                Row(
+                    scenario,
+                    f"PostgreSQL plans, {history.removeprefix('h')} done",
+                    None,
+                    target="(info)",
+                    note=plan,
+                )
+            )
 
 
 def chain(env: Env, res: Results, worker_class: str) -> None:
@@ -219,14 +233,15 @@ def chain(env: Env, res: Results, worker_class: str) -> None:
     r_runs = res.raw[f"chain_rq_{worker_class}"] = runs["rq"]
     b, r = median(b_runs, "ms_per_link"), median(r_runs, "ms_per_link")
     scenario = f"2 chain, {worker_class}"
+    target = CHAIN_TARGET[env.databases.backend]
     res.rows.append(
         ratio_row(
             scenario,
             f"ms/link ({links} links)",
             b,
             r,
-            f"<= {CHAIN_TARGET}",
-            b / r <= CHAIN_TARGET,
+            f"<= {target}",
+            b / r <= target,
             note="processes started -> last link done, / links (start-up included);"
             f" {paired_ratios(b_runs, r_runs, 'ms_per_link')}",
         )
@@ -253,15 +268,15 @@ def chain(env: Env, res: Results, worker_class: str) -> None:
     res.rows += redis_rows(scenario, b_runs, r_runs)
 
 
-def bulk_paths(env: Env) -> tuple[Path, Path]:
-    """The bulk graph file, and where scenario 4 leaves a loaded database for 5b."""
-    return env.scratch / "bulk-graph.json", env.scratch / "bulk-loaded.db"
+def bulk_graph_file(env: Env) -> Path:
+    """The bulk graph file, written by scenario 4 (or 5b when 4 does not run)."""
+    return env.scratch / "bulk-graph.json"
 
 
 def bulk(env: Env, res: Results) -> None:
     """Scenario 4: adding ``--bulk`` tasks in layers, CLI and in process, vs enqueue_many."""
     args = env.args
-    graph_file, kept_db = bulk_paths(env)
+    graph_file = bulk_graph_file(env)
     graph_file.write_text(json.dumps(layered_graph(args.bulk)))
     print(f"[4] bulk add: {args.bulk} tasks, layered graph", file=sys.stderr)
     specs = graph.parse_graph(graph_file.read_text(), str(graph_file))
@@ -271,7 +286,10 @@ def bulk(env: Env, res: Results) -> None:
         count["cli"] += 1
         keep = count["cli"] == args.repeat and "memory" in args.only
         keep = keep and args.memory_graph == args.bulk
-        return measure.bridge_bulk_cli(env, graph_file, args.bulk, kept_db if keep else None)
+        numbers, db = measure.bridge_bulk_cli(env, graph_file, args.bulk, keep)
+        if keep:
+            env.loaded_db = db  # scenario 5b dispatches it
+        return numbers
 
     runs = rounds(
         env,
@@ -321,7 +339,7 @@ def memory(env: Env, res: Results) -> None:
     """Scenario 5: the dispatcher's peak RSS, a graph run to the end and a big one loaded."""
     args, rows, raw = env.args, res.rows, res.raw
     worker_class = args.worker_classes[0]
-    graph_file, kept_db = bulk_paths(env)
+    graph_file = bulk_graph_file(env)
     if args.memory_tasks > 0:
         print(f"[5a] memory: {args.memory_tasks}-task layered graph to completion", file=sys.stderr)
         specs = [graph.spec_from_mapping(t) for t in layered_graph(args.memory_tasks)]
@@ -344,14 +362,15 @@ def memory(env: Env, res: Results) -> None:
             f" {args.memory_seconds:g}s",
             file=sys.stderr,
         )
-        if not kept_db.exists():  # not left by scenario 4: load the graph with the CLI
+        loaded, env.loaded_db = env.loaded_db, None
+        if loaded is None:  # not left by scenario 4: load the graph with the CLI
             if args.memory_graph != args.bulk or not graph_file.exists():
                 graph_file.write_text(json.dumps(layered_graph(args.memory_graph)))
-            raw["memory_graph_add"] = measure.bridge_bulk_cli(
-                env, graph_file, args.memory_graph, kept_db
+            raw["memory_graph_add"], loaded = measure.bridge_bulk_cli(
+                env, graph_file, args.memory_graph, keep=True
             )
         m = raw["memory_bounded"] = measure.bridge_memory_bounded(
-            env, kept_db, args.memory_graph, args.memory_seconds, worker_class
+            env, loaded, args.memory_graph, args.memory_seconds, worker_class
         )
         mb = m["hwm_kb"] / 1024
         rows.append(

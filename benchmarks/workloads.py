@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 from rq import Queue
@@ -19,9 +18,9 @@ from benchmarks.harness import (
     BRIDGE_QUEUE,
     RQ_NOOP,
     RQ_QUEUE,
+    BenchDb,
     BenchError,
     Env,
-    open_sqlite,
     rq_queue,
 )
 from bridge import store
@@ -58,42 +57,94 @@ def layered_graph(count: int, seed: int = 7) -> list[dict[str, Any]]:
     return tasks
 
 
-def fill_history(db: Path, count: int) -> None:
+HISTORY_COLUMNS = (
+    "id, description, status, dependencies, output, started_at, completed_at, created_at,"
+    " updated_at, kind, priority, attempts, max_attempts, failures, timeout, pending_deps,"
+    " seq, job_id"
+)
+
+
+def fill_history(db: BenchDb, count: int) -> None:
     """``count`` finished tasks (status done, one event each), inserted with plain SQL.
 
-    Columns not named here take their schema defaults.
+    Columns not named here take their schema defaults. PostgreSQL gets ``COPY``
+    and then ``ANALYZE``, as autovacuum would have done for a database that grew
+    this history over time (the timed runs must not wait for it to happen mid-run).
     """
     at = "2024-01-01 00:00:00.000000"
-    rows = (
-        (f"h{i:07d}", "history", "done", "[]", "null", at, at, at, at, "noop", i + 1, f"job-h{i}")
+    tasks = (
+        (f"h{i:07d}", "history", "done", "[]", "null", at, at, at, at, "noop")
+        + (0, 1, 1, 0, None, 0, i + 1, f"job-h{i}")
         for i in range(count)
     )
-    with open_sqlite(db) as conn:
+    events = ((f"h{i:07d}", "working", "done", 1, "history", at, "succeeded") for i in range(count))
+    event_columns = "task_id, from_status, to_status, attempt, worker, at, detail"
+    with db.connect() as conn:
+        if db.postgres:
+            with conn.transaction(), conn.cursor() as cur:
+                with cur.copy(f"COPY tasks ({HISTORY_COLUMNS}) FROM STDIN") as copy:
+                    for row in tasks:
+                        copy.write_row(row)
+                with cur.copy(f"COPY task_events ({event_columns}) FROM STDIN") as copy:
+                    for row in events:
+                        copy.write_row(row)
+            conn.execute("ANALYZE tasks")
+            conn.execute("ANALYZE task_events")
+            return
         conn.execute("BEGIN")
         conn.executemany(
-            "INSERT INTO tasks (id, description, status, dependencies, output, started_at,"
-            " completed_at, created_at, updated_at, kind, priority, attempts, max_attempts,"
-            " failures, timeout, pending_deps, seq, job_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 1, 1, 0, NULL, 0, ?, ?)",
-            rows,
+            f"INSERT INTO tasks ({HISTORY_COLUMNS}) VALUES ({', '.join('?' * 18)})", tasks
         )
         conn.executemany(
-            "INSERT INTO task_events (task_id, from_status, to_status, attempt, worker, at,"
-            " detail) VALUES (?, 'working', 'done', 1, 'history', ?, 'succeeded')",
-            ((f"h{i:07d}", at) for i in range(count)),
+            f"INSERT INTO task_events ({event_columns}) VALUES (?, ?, ?, ?, ?, ?, ?)", events
         )
         conn.execute("COMMIT")
 
 
-def link_history(db: Path, count: int, group: int) -> None:
+def link_history(db: BenchDb, count: int, group: int) -> None:
     """Edges among ``fill_history``'s tasks: each run of ``group`` is a chain (a graph)."""
-    with open_sqlite(db) as conn:
+    edges = ((f"h{i:07d}", f"h{i - 1:07d}") for i in range(count) if i % group)
+    with db.connect() as conn:
+        if db.postgres:
+            with conn.transaction(), conn.cursor() as cur:
+                with cur.copy("COPY task_edges (task_id, depends_on) FROM STDIN") as copy:
+                    for row in edges:
+                        copy.write_row(row)
+            conn.execute("ANALYZE task_edges")
+            return
         conn.execute("BEGIN")
-        conn.executemany(
-            "INSERT INTO task_edges (task_id, depends_on) VALUES (?, ?)",
-            ((f"h{i:07d}", f"h{i - 1:07d}") for i in range(count) if i % group),
-        )
+        conn.executemany("INSERT INTO task_edges (task_id, depends_on) VALUES (?, ?)", edges)
         conn.execute("COMMIT")
+
+
+PLANNED = {
+    "ready": "SELECT id, kind, payload, timeout, attempts, queue FROM tasks"
+    " WHERE status = 'available' AND pending_deps = 0"
+    " AND (not_before IS NULL OR not_before <= '9999') ORDER BY priority DESC, seq LIMIT 64",
+    "in flight": "SELECT id FROM tasks WHERE status IN ('queued', 'working')",
+    "backoff": "SELECT min(not_before) FROM tasks"
+    " WHERE status = 'available' AND not_before IS NOT NULL",
+}
+"""The dispatcher's per-tick reads whose cost must not grow with history (as it sends
+them, parameters filled in: ``bridge.store.dispatching``)."""
+
+
+def explain(db: BenchDb) -> str:
+    """PostgreSQL: how the planner runs ``PLANNED`` on this database as it is now
+    (no ANALYZE first: a backlog just added), in short: the scans and sorts per query."""
+    if not db.postgres:
+        return ""
+    parts = []
+    with db.connect() as conn:
+        for name, sql in PLANNED.items():
+            lines = [r[0] for r in conn.execute(f"EXPLAIN (COSTS OFF) {sql}").fetchall()]
+            steps = [
+                line.strip().removeprefix("->").strip()
+                for line in lines
+                if " Scan" in line or line.strip().removeprefix("->").strip().startswith("Sort")
+            ]
+            parts.append(f"{name}: {' > '.join(steps)}")
+    return "; ".join(parts)
 
 
 def preload_bridge(engine: Any, specs: list[TaskSpec]) -> float:

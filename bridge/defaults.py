@@ -46,6 +46,10 @@ COALESCE_WAIT = 0.01
 workers busy meanwhile, and one commit then serves many reports."""
 COALESCE_BATCH = 64
 """A busy tick stops gathering once it has this many reports."""
+START_WAIT = 0.002
+"""Seconds a tick that read only start reports waits for more: a short task's outcome
+follows its start within a millisecond or two and then shares its commit, instead of
+queueing behind a commit of its own (starts never make a task ready, so nothing waits)."""
 MAX_BLOCK = 0.5
 """Longest blocking read on the report stream, so stop requests are seen quickly."""
 DATABASE_RETRY = 1.0

@@ -38,6 +38,7 @@ from bridge.defaults import (
     PICKED_GRACE,
     QUEUE_TIMEOUT,
     REPORT_GRACE,
+    START_WAIT,
     TIMEOUT_MARGIN,
 )
 from bridge.messages import Dispatch, Report
@@ -86,6 +87,8 @@ class Dispatcher:
         self._queues: set[str] = {self.settings.queue}
         self._in_flight = 0
         """About how many tasks are in flight (exact after start, kept up by each tick)."""
+        self._last_read: tuple[int, int] = (0, 0)
+        """The newest report stream id read since ``drain`` began (it stops past its mark)."""
         self._predecessors: set[str] = set()
         """Dispatchers of this database whose lease we took: their claim on the Redis
         namespace may outlive them a moment, and is ours to take over."""
@@ -174,12 +177,21 @@ class Dispatcher:
 
     def drain(self) -> TickStats:
         """Apply every report waiting in Redis, without claiming: what is in flight is
-        judged only after this, so no report on its way is mistaken for a lost job."""
+        judged only after this, so no report on its way is mistaken for a lost job.
+
+        "Waiting" means in the stream when the drain begins: it stops once it has read
+        past the stream's newest entry of that moment. Reports that keep arriving while
+        it applies (workers running the jobs already queued) are left to the next tick;
+        draining until the stream is empty would hold the dispatcher here, claiming
+        nothing, until the workers ran out of jobs, every time it reconciles.
+        """
         totals = TickStats()
+        mark = _stream_id(self.broker.last_report_id())
+        self._last_read = (0, 0)
         while True:
             stats = self.tick(block=False, claim=False)
             self._add(totals, stats)
-            if stats.applied + stats.ignored == 0:
+            if stats.applied + stats.ignored == 0 or self._last_read >= mark:
                 return totals
 
     def tick(self, *, block: bool = True, claim: bool = True) -> TickStats:
@@ -187,10 +199,18 @@ class Dispatcher:
         acknowledge and enqueue. Claims only when something could have made a task
         ready or freed a slot, so an idle or "started"-only tick costs one read."""
         stats = TickStats()
-        timeout_ms = int(self._block_seconds() * 1000) if block else 0
+        # A claim already owed (reports applied by a drain, which never claims) must not
+        # wait for the next report: in a chain there is none until this claim is made.
+        owed = self._claim_wanted and claim and self._lease_valid()
+        timeout_ms = int(self._block_seconds() * 1000) if block and not owed else 0
         incoming = self.broker.read_reports(CONSUMER, block_ms=timeout_ms)
         if block and incoming and self._in_flight >= COALESCE_IN_FLIGHT:
             incoming += self._coalesce(len(incoming))
+        elif block and incoming and all(_is_start(m.report) for m in incoming):
+            time.sleep(START_WAIT)
+            incoming += self.broker.read_reports(CONSUMER, block_ms=0, count=COALESCE_BATCH)
+        if incoming:
+            self._last_read = max(self._last_read, _stream_id(incoming[-1].message_id))
         reports = [m.report for m in incoming if m.report is not None]
         if len(reports) < len(incoming) or any(r.kind is not ReportKind.STARTED for r in reports):
             self._claim_wanted = True  # a nudge (tasks added or retried) or a freed slot
@@ -487,6 +507,19 @@ def _copy_message(namespace: str, other: str) -> str:
         " from another database file: this file is a copy of that database (same identity);"
         " a copy must not be dispatched on the same Redis as its original"
     )
+
+
+def _is_start(report: Report | None) -> bool:
+    return report is not None and report.kind is ReportKind.STARTED
+
+
+def _stream_id(message_id: bytes | str | None) -> tuple[int, int]:
+    """A Redis stream id (``<ms>-<seq>``) as a tuple that compares as Redis orders them."""
+    if not message_id:
+        return (0, 0)
+    text = message_id.decode() if isinstance(message_id, bytes) else message_id
+    ms, _, seq = text.partition("-")
+    return (int(ms), int(seq or 0))
 
 
 def _parse(moment: str) -> datetime:

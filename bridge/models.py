@@ -51,7 +51,20 @@ class Task(SQLModel, table=True):
     """The RQ queue its jobs go to; it is judged only against that queue."""
 
 
-Index("ix_tasks_status", Task.__table__.c.status)
+IN_FLIGHT_WHERE = "status IN ('queued', 'working')"
+"""The in-flight statuses as SQL text: queries must spell them as literals, exactly so,
+for SQLite (and PostgreSQL's generic plans) to use ``ix_tasks_in_flight``."""
+
+Index(
+    "ix_tasks_in_flight",
+    Task.__table__.c.status,
+    sqlite_where=text(IN_FLIGHT_WHERE),
+    postgresql_where=text(IN_FLIGHT_WHERE),
+)
+"""Only the tasks in flight, never the history. A plain index on ``status`` would serve
+every status, and PostgreSQL's planner, with statistics older than a backlog just added
+(``available`` looks rare), took it over ``ix_tasks_ready`` and ``ix_tasks_backoff``:
+it then read and sorted every available task on each claim."""
 Index("ix_tasks_seq", Task.__table__.c.seq)
 Index(
     "ix_tasks_ready",

@@ -63,3 +63,40 @@ def test_redis_command_row_survives_a_command_only_some_rounds_sent():
     # Then the medians count the missing command as 0 per task
     assert (row.bridge, row.rq, row.ratio) == (2.0, 1.0, 2.0)
     assert "get 2.00 script_load 0.00" in row.note
+
+
+def test_quick_run_on_postgresql_uses_throwaway_databases_and_drops_them(tmp_path, pg_database):
+    # Given a PostgreSQL server (the test session's), named by a URL of its maintenance db
+    import psycopg
+    from postgres import sqlalchemy_url
+
+    server = sqlalchemy_url(pg_database.server_url)
+    argv = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--database", server]
+    argv += ["--only", "throughput,history", "--worker-classes", "simple"]
+    argv += ["--tasks", "100", "--history", "500"]
+    # When the benchmark runs on it end to end
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    out, err = proc.communicate(timeout=120)
+    # Then it succeeds and says it ran on PostgreSQL
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    assert "database: PostgreSQL" in out
+    report = json.loads(out.strip().splitlines()[-1].removeprefix("BENCH_JSON "))
+    assert report["config"]["database"] == "postgresql"
+    rows = {(r["scenario"], r["metric"]): r for r in report["results"]}
+    main = rows[("1 throughput, simple", "tasks/s (100)")]
+    assert main["bridge"] > 0 and main["rq"] > 0
+    assert rows[("3 history, simple", "tasks/s over 500 done")]["bridge"] > 0
+    # And the server's work for bridge is counted, and the planner's choices shown
+    (bridge_run,) = report["runs"]["throughput_bridge_simple"]
+    assert bridge_run["cpu_ms_postgres"] > 0
+    plan = rows[("3 history, simple", "PostgreSQL plans, 500 done")]["note"]
+    assert "ix_tasks_ready" in plan and "ix_tasks_in_flight" in plan
+    # And every database it made on the server is gone
+    with psycopg.connect(pg_database.server_url) as conn:
+        left = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s",
+            (f"bridge\\_bench\\_{proc.pid}\\_%",),
+        ).fetchall()
+    assert left == []

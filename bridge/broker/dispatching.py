@@ -343,6 +343,12 @@ class Broker:
         messages = entries[0][1] if entries else []
         return [self._decode(mid, fields) for mid, fields in messages]
 
+    @translated
+    def last_report_id(self) -> bytes | None:
+        """The id of the newest entry in the report stream; None when it is empty."""
+        entries = self.client.xrevrange(self.keys.reports, count=1)
+        return entries[0][0] if entries else None
+
     def _decode(self, message_id: bytes, fields: dict) -> Incoming:
         if not fields or b"nudge" in fields:
             return Incoming(message_id, None)

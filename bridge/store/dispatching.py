@@ -7,6 +7,7 @@ from sqlalchemy import bindparam, delete, insert, select, text, update
 from sqlmodel import Session
 
 from bridge.messages import Dispatch, job_id_for
+from bridge.models import IN_FLIGHT_WHERE
 from bridge.recovery import Flight
 from bridge.states import (
     IN_FLIGHT,
@@ -28,9 +29,7 @@ def reset_slots(*, session: Session, slots: int) -> list[str]:
     in_flight = [
         row.id
         for row in conn.execute(
-            select(TASKS.c.id)
-            .where(TASKS.c.status.in_([s.value for s in IN_FLIGHT]))
-            .order_by(TASKS.c.queued_at, TASKS.c.seq)
+            select(TASKS.c.id).where(text(IN_FLIGHT_WHERE)).order_by(TASKS.c.queued_at, TASKS.c.seq)
         )
     ]
     wanted = max(slots, len(in_flight))
@@ -69,8 +68,9 @@ _READY_SQL = (
     " ORDER BY priority DESC, seq LIMIT :limit"
 )
 """Literal status and count so the partial index ``ix_tasks_ready`` applies. SQLite
-needs the hint: without ANALYZE statistics its planner prefers ``ix_tasks_status``
-and sorts every available task, blocked ones included, on every tick."""
+needs the hint: without ANALYZE statistics its planner may scan every available task,
+blocked ones included, and sort them on every tick. PostgreSQL takes the partial index
+by itself (no index on ``status`` alone competes with it)."""
 
 
 _READY = {
@@ -195,7 +195,7 @@ def in_flight(*, session: Session) -> list[Flight]:
             TASKS.c.timeout,
             TASKS.c.worker,
             TASKS.c.queue,
-        ).where(TASKS.c.status.in_([s.value for s in IN_FLIGHT]))
+        ).where(text(IN_FLIGHT_WHERE))
     )
     return [
         Flight(

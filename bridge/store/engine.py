@@ -2,6 +2,7 @@
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -9,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import event, inspect
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DisconnectionError, OperationalError
 from sqlmodel import Session, create_engine
 
 from bridge.defaults import BUSY_TIMEOUT_MS
@@ -86,11 +87,12 @@ def open_engine(
     else:
         parsed = _with_driver(parsed, url)
         try:
-            engine = create_engine(parsed, pool_pre_ping=True)
+            engine = create_engine(parsed)
         except Exception as exc:  # missing driver, bad options
             raise StoreError(
                 f"cannot use database {redact_url(url)}: {redact_text(str(exc), url)}"
             ) from None
+        _ping_when_idle(engine)
     try:
         if not create and not is_sqlite and not inspect(engine).has_table("tasks"):
             raise StoreError(
@@ -185,6 +187,37 @@ def _check_sqlite_path(database: str | None, *, read_only: bool = False) -> None
         raise StoreError(
             f"cannot create database {database!r}: directory {folder!r} is not writable"
         )
+
+
+PING_AFTER_IDLE = 1.0
+"""Seconds a pooled server connection may sit unused before it is tested on checkout."""
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Test a pooled connection before use only if it sat idle (a server restart since).
+
+    ``pool_pre_ping`` would test it before every transaction: one more round trip on
+    each of the dispatcher's ticks, several hundred a second when busy. A connection
+    used a moment ago is taken as it is; if the server went away within that moment,
+    the transaction fails as it would have during the ping, and the dispatcher retries
+    on a new connection (SQLAlchemy discards the pool on a disconnect error).
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["bridge_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("bridge_idle_since")
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception:  # noqa: BLE001 - any failure: the pool makes a new connection
+            alive = False
+        if not alive:
+            raise DisconnectionError("connection lost while idle")
 
 
 def _tune_sqlite(engine: Engine, *, read_only: bool = False) -> None:

@@ -168,6 +168,10 @@ def apply_reports(
         rows = writes[statement]
         if rows and conn.execute(statement, rows).rowcount != len(rows):
             raise StoreError("a task changed under the dispatcher while applying reports")
+    # A slot freed in this same batch forgets its worker anyway: one statement less
+    # for every short task whose start and outcome arrive together.
+    freed = set(released)
+    slot_workers = [row for row in slot_workers if row["id"] not in freed]
     if slot_workers:
         conn.execute(_SLOT_WORKER, slot_workers)
     _release_slots(session, released, at)

@@ -12,8 +12,9 @@ from sqlalchemy import create_engine, text
 from test_schema_upgrade import TASKS, env_for, make_0_1_0
 
 from bridge.store import migrate
+from bridge.store.schema import HEAD
 
-UPGRADED = "database schema upgraded from unversioned to 0002"
+UPGRADED = f"database schema upgraded from unversioned to {HEAD}"
 
 
 def race(commands: list[list[str]], env: dict[str, str]) -> list[subprocess.CompletedProcess]:
@@ -43,7 +44,7 @@ def assert_all_ok(results: list[subprocess.CompletedProcess]) -> None:
 def test_five_processes_on_a_fresh_sqlite_file(db_path, db_url):
     results = race([["add", f"t{i}"] for i in range(5)], env_for(db_url))
     assert_all_ok(results)
-    assert query(db_path, "SELECT version_num FROM alembic_version") == [("0002",)]
+    assert query(db_path, "SELECT version_num FROM alembic_version") == [(HEAD,)]
     assert len(query(db_path, "SELECT id FROM tasks")) == 5
     assert len(query(db_path, "SELECT value FROM bridge_meta WHERE key = 'identity'")) == 1
 
@@ -53,7 +54,7 @@ def test_five_processes_on_an_old_sqlite_file(db_path, db_url):
     results = race([["list"] for _ in range(5)], env_for(db_url))
     assert_all_ok(results)
     assert sum(UPGRADED in r.stderr for r in results) == 1
-    assert query(db_path, "SELECT version_num FROM alembic_version") == [("0002",)]
+    assert query(db_path, "SELECT version_num FROM alembic_version") == [(HEAD,)]
     assert len(query(db_path, "SELECT id FROM tasks")) == len(TASKS)
 
 
@@ -62,7 +63,7 @@ def test_five_processes_on_a_fresh_postgresql_database(pg_url):
     assert_all_ok(results)
     engine = create_engine(pg_url)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [("0002",)]
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [(HEAD,)]
         assert conn.execute(text("SELECT count(*) FROM tasks")).scalar() == 5
     engine.dispose()
 
@@ -85,6 +86,6 @@ def test_five_processes_on_an_old_postgresql_database(pg_url):
     assert_all_ok(results)
     assert sum(UPGRADED in r.stderr for r in results) == 1
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [("0002",)]
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [(HEAD,)]
         assert conn.execute(text("SELECT id, queue FROM tasks")).all() == [("old", "bridge")]
     engine.dispose()

@@ -14,6 +14,9 @@ from test_schema_upgrade import env_for, make_0_1_0
 
 from bridge import store
 from bridge.store import is_task_coordinator
+from bridge.store.schema import HEAD, REVISIONS
+
+PREVIOUS = REVISIONS[-2]
 
 TASK_COORDINATOR_DDL = """
 CREATE TABLE tasks (
@@ -104,7 +107,7 @@ def test_a_database_from_a_newer_bridge_is_refused_untouched(tmp_path, db_path, 
     assert sorted(os.listdir(tmp_path)) == names
     current = bridge("db", "current", env=env_for(db_url))
     assert current.returncode == 0, current.stderr
-    assert current.stdout == "0099 (written by a newer bridge: this one knows up to 0002)\n"
+    assert current.stdout == f"0099 (written by a newer bridge: this one knows up to {HEAD})\n"
 
 
 def test_auto_migrate_off_refuses_an_older_database_untouched(tmp_path, db_path, db_url):
@@ -115,7 +118,7 @@ def test_auto_migrate_off_refuses_an_older_database_untouched(tmp_path, db_path,
         result = bridge(*command, env=env)
         assert result.returncode != 0, command
         assert result.stderr == (
-            "error: database schema is at unversioned, this bridge needs 0002:"
+            f"error: database schema is at unversioned, this bridge needs {HEAD}:"
             " run 'bridge db upgrade'\n"
         )
     assert file_digest(db_path) == digest
@@ -123,21 +126,21 @@ def test_auto_migrate_off_refuses_an_older_database_untouched(tmp_path, db_path,
     current = bridge("db", "current", env=env)
     assert (
         current.stdout
-        == "unversioned (not head: this bridge needs 0002; run 'bridge db upgrade')\n"
+        == f"unversioned (not head: this bridge needs {HEAD}; run 'bridge db upgrade')\n"
     )
     assert bridge("db", "upgrade", env=env).returncode == 0
     # A stamped older revision is named by its number
     query(db_path, "UPDATE alembic_version SET version_num = '0001'")
     refused = bridge("--no-auto-migrate", "list", env=env_for(db_url))
     assert refused.stderr == (
-        "error: database schema is at 0001, this bridge needs 0002: run 'bridge db upgrade'\n"
+        f"error: database schema is at 0001, this bridge needs {HEAD}: run 'bridge db upgrade'\n"
     )
 
 
 def test_auto_migrate_off_still_creates_a_new_database(tmp_path, db_path, db_url):
     result = bridge("add", "a", env=env_for(db_url, BRIDGE_AUTO_MIGRATE="0"))
     assert result.returncode == 0, result.stderr
-    assert query(db_path, "SELECT version_num FROM alembic_version") == [("0002",)]
+    assert query(db_path, "SELECT version_num FROM alembic_version") == [(HEAD,)]
 
 
 # -------------------------------------------------------------------------- --sql
@@ -152,12 +155,13 @@ def test_upgrade_sql_prints_the_upgrade_and_changes_nothing(tmp_path, db_path, d
     assert "ALTER TABLE leases ADD COLUMN acquired_at" in result.stdout
     assert "CREATE TABLE bridge_meta" in result.stdout
     assert "UPDATE alembic_version SET version_num='0002'" in result.stdout
+    assert f"UPDATE alembic_version SET version_num='{HEAD}'" in result.stdout
     assert file_digest(db_path) == digest
     # And the printed SQL, run by hand, gives the same schema as the upgrade does
     conn = sqlite3.connect(db_path)
     conn.executescript(result.stdout)
     conn.close()
-    assert bridge("db", "current", env=env_for(db_url)).stdout == "0002 (head)\n"
+    assert bridge("db", "current", env=env_for(db_url)).stdout == f"{HEAD} (head)\n"
 
 
 def test_upgrade_sql_of_a_missing_database_creates_nothing(tmp_path, db_url, db_path):
@@ -176,7 +180,7 @@ def test_upgrade_sql_on_postgresql_changes_nothing(pg_url):
     assert inspect(engine).get_table_names() == []
     engine.dispose()
     upgraded = bridge("db", "upgrade", env=env_for(pg_url, BRIDGE_AUTO_MIGRATE="0"))
-    assert upgraded.stdout == "created the database schema at 0002\n"
+    assert upgraded.stdout == f"created the database schema at {HEAD}\n"
     assert "alembic_version" in inspect(engine).get_table_names()
     engine.dispose()
 
@@ -191,10 +195,10 @@ def test_current_and_history(tmp_path, db_path, db_url):
     history = bridge("db", "history", env=env_for(db_url))
     assert history.returncode == 0, history.stderr
     lines = history.stdout.splitlines()
-    assert lines[0].startswith("0001 -> 0002 (head): ")
-    assert lines[1].startswith("<base> -> 0001: the schema of release 0.1.0")
+    assert lines[0].startswith(f"{PREVIOUS} -> {HEAD} (head): ")
+    assert lines[-1].startswith("<base> -> 0001: the schema of release 0.1.0")
     make_0_1_0(db_path)
     stamped = bridge("db", "upgrade", env=env_for(db_url))
     assert stamped.returncode == 0, stamped.stderr
     history = bridge("db", "history", env=env_for(db_url)).stdout.splitlines()
-    assert history[0].startswith("0001 -> 0002 (head, current): ")
+    assert history[0].startswith(f"{PREVIOUS} -> {HEAD} (head, current): ")

@@ -229,7 +229,7 @@ def test_a_0_1_0_database_is_upgraded_by_any_command_without_loss(tmp_path, ddl)
     assert {t["id"]: t["status"] for t in json.loads(result.stdout)} == {
         row[0]: row[2] for row in TASKS
     }
-    assert "database schema upgraded from unversioned to 0002" in result.stderr
+    assert f"database schema upgraded from unversioned to {HEAD}" in result.stderr
     assert_every_row_kept(db)
     # And the upgraded file has exactly the schema a fresh database gets (the backoff
     # index the first commit lacked included)
@@ -245,12 +245,12 @@ def test_a_0_1_0_database_is_upgraded_by_db_upgrade(tmp_path):
     env = env_for(f"sqlite:///{db}", BRIDGE_AUTO_MIGRATE="0")
     result = bridge("db", "upgrade", env=env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "upgraded the database schema from unversioned to 0002"
+    assert result.stdout.strip() == f"upgraded the database schema from unversioned to {HEAD}"
     assert_every_row_kept(db)
     # The upgraded database works: tasks can be added
     assert bridge("add", "new", env=env).returncode == 0
     again = bridge("db", "upgrade", env=env)
-    assert again.stdout.strip() == "database schema is at 0002 (head): nothing to do"
+    assert again.stdout.strip() == f"database schema is at {HEAD} (head): nothing to do"
 
 
 def test_an_unversioned_in_between_database_keeps_its_identity_and_tokens(tmp_path):

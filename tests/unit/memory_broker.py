@@ -35,6 +35,8 @@ class MemoryBroker:
     pending: list[tuple[bytes, Report | None]] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     redis_run: str = "run-1"
+    blocks: list[int] = field(default_factory=list)
+    """``block_ms`` of every read, in order (0: a look without waiting)."""
     _next_id: int = 0
 
     # ------------------------------------------------------------------ the broker API
@@ -65,9 +67,14 @@ class MemoryBroker:
         self.pending = []
 
     def read_reports(self, consumer: str, *, block_ms: int, count: int = 1000) -> list[Incoming]:
+        self.blocks.append(block_ms)
         taken, self.stream = self.stream[:count], self.stream[count:]
         self.pending += taken
         return [Incoming(mid, report) for mid, report in taken]
+
+    def last_report_id(self) -> bytes | None:
+        entries = self.pending + self.stream
+        return max((mid for mid, _ in entries), key=int, default=None)
 
     def settle(self, acknowledged: Sequence[bytes], jobs: Sequence[Dispatch]) -> None:
         self.pending = [(m, r) for m, r in self.pending if m not in set(acknowledged)]

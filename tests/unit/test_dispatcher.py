@@ -176,3 +176,51 @@ def test_a_database_error_is_retried_and_no_report_is_lost(setup, monkeypatch):
     finally:
         d.stop_event.set()
         runner.join(timeout=10)
+
+
+def test_a_drain_applies_what_was_waiting_and_leaves_what_keeps_arriving(setup):
+    # Given two jobs running and the start report of each waiting in the stream
+    settings, engine, broker, d = setup
+    add(engine, make_spec(task_id="a"), make_spec(task_id="b"))
+    d.start()
+    d.tick(block=False)
+    first, second = broker.take(), broker.take()
+    # And workers that keep reporting while the dispatcher reads (a busy stream)
+    read = broker.read_reports
+    finishing = [first, second]
+
+    def busy_read(consumer, *, block_ms, count=1000):
+        taken = read(consumer, block_ms=block_ms, count=count)
+        if finishing:
+            broker.finish(finishing.pop(0))
+        return taken
+
+    broker.read_reports = busy_read
+    # When the dispatcher drains the stream
+    d.drain()
+    # Then what was waiting when it began is applied, and it did not wait for the rest
+    assert task(engine, "a").status == "working"
+    assert task(engine, "b").status == "working"
+    assert [r.kind.value for _, r in broker.stream] == ["succeeded"]
+    # And what arrived meanwhile is applied by the next tick
+    broker.read_reports = read
+    d.tick(block=False)
+    assert {task(engine, "a").status, task(engine, "b").status} == {"done", "working"}
+
+
+def test_a_claim_owed_after_a_drain_does_not_wait_for_another_report(setup):
+    # Given a chain whose first link finished and was applied by a drain (which never claims)
+    settings, engine, broker, d = setup
+    add(engine, make_spec(task_id="a"), make_spec(task_id="b", dependencies=["a"]))
+    d.start()
+    d.tick(block=False)
+    broker.finish(broker.take())
+    d.drain()
+    assert task(engine, "a").status == "done"
+    assert task(engine, "b").status == "available"
+    # When the dispatcher ticks as its loop does (blocking)
+    broker.blocks.clear()
+    d.tick(block=True)
+    # Then it looked without waiting (no report will come before this claim) and claimed b
+    assert broker.blocks[0] == 0
+    assert task(engine, "b").status == "queued"
