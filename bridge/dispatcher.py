@@ -207,7 +207,7 @@ class Dispatcher:
         if block and incoming and self._in_flight >= COALESCE_IN_FLIGHT:
             incoming += self._coalesce(len(incoming))
         elif block and incoming and all(_is_start(m.report) for m in incoming):
-            time.sleep(START_WAIT)
+            self.stop_event.wait(START_WAIT)
             incoming += self.broker.read_reports(CONSUMER, block_ms=0, count=COALESCE_BATCH)
         if incoming:
             self._last_read = max(self._last_read, _stream_id(incoming[-1].message_id))
@@ -263,9 +263,10 @@ class Dispatcher:
         """With many tasks in flight the RQ queue holds a backlog, so a few milliseconds
         spent gathering more reports delay no worker, and one commit then serves many
         reports instead of one. With few in flight (a chain) nothing waits."""
-        # A plain sleep, then a look without waiting: a short BLOCK would be rounded up
-        # to Redis's own tick (100 ms) and stall the whole pipeline.
-        time.sleep(COALESCE_WAIT)
+        # A plain wait, then a look without waiting: a short BLOCK would be rounded up
+        # to Redis's own tick (100 ms) and stall the whole pipeline. (The stop event,
+        # not time.sleep: under libfaketime a short nanosleep fails with EINVAL.)
+        self.stop_event.wait(COALESCE_WAIT)
         return self.broker.read_reports(CONSUMER, block_ms=0, count=COALESCE_BATCH - have)
 
     def _claim_new_queues(self, dispatches: list[Dispatch]) -> None:

@@ -484,13 +484,18 @@ class WriteLock:
 
 def calibrate_gil(seconds: float) -> int:
     """An ``n`` for which ``sum(range(n))`` (one C call, the GIL held throughout) takes
-    about ``seconds`` on this machine, measured now."""
+    about ``seconds`` of CPU on this machine, measured now.
+
+    Measured in CPU time, not wall time: a calibration slowed by other processes (a
+    parallel test run) would otherwise give an ``n`` that finishes early once they stop;
+    a CPU-second is at least a wall-clock second, so the call lasts at least ``seconds``.
+    """
     n = 2_000_000
     while True:
-        start = time.perf_counter()
+        start = time.process_time()
         sum(range(n))
-        took = time.perf_counter() - start
-        if took > 0.3:
+        took = time.process_time() - start
+        if took > 0.5:
             return int(n * seconds / took)
         n *= 4
 

@@ -29,6 +29,7 @@ def upgrade() -> None:
         "ix_tasks_in_flight",
         "tasks",
         ["status"],
+        if_not_exists=True,
         sqlite_where=sa.text(_IN_FLIGHT),
         postgresql_where=sa.text(_IN_FLIGHT),
     )
