@@ -56,6 +56,18 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+TIMING_SENSITIVE = ("tests/chaos/", "tests/faults/test_faults_pauses.py")
+"""Tests whose verdict rests on timings (pauses against the heartbeat limit, a seeded
+chaos run): under ``-n`` they run one after another on one worker, never beside each
+other, while the rest of the suite shares the other core."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.startswith(TIMING_SENSITIVE):
+            item.add_marker(pytest.mark.xdist_group("timing"))
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test (or module, through ``pytestmark``) marked ``both_backends`` runs on each
     backend: ``db_url`` is then a SQLite file or a throwaway PostgreSQL database. A test
