@@ -28,19 +28,9 @@ from sqlalchemy.exc import ArgumentError
 from bridge.defaults import BUSY_TIMEOUT_MS
 from bridge.settings import redact_url
 from bridge.store.engine import StoreError, now
+from bridge.store.schema import TASK_COORDINATOR_COLUMNS
 
-TC_TASK_COLUMNS = (
-    "id",
-    "description",
-    "status",
-    "worker",
-    "dependencies",
-    "output",
-    "error",
-    "started_at",
-    "completed_at",
-    "created_at",
-)
+TC_TASK_COLUMNS = TASK_COORDINATOR_COLUMNS
 """The Task Coordinator's ``tasks`` columns, in order: also bridge's seed columns."""
 
 TC_SLOT_COLUMNS = ("slot", "worker_id", "active", "task_id", "updated_at")

@@ -30,21 +30,20 @@ HEAD = REVISIONS[-1]
 BRIDGE_TABLES = frozenset({"tasks", "task_edges", "task_events", "worker_slots", "leases"})
 """The tables of revision 0001 (release 0.1.0)."""
 
-TASK_COORDINATOR_COLUMNS = frozenset(
-    {
-        "id",
-        "description",
-        "status",
-        "worker",
-        "dependencies",
-        "output",
-        "error",
-        "started_at",
-        "completed_at",
-        "created_at",
-    }
+TASK_COORDINATOR_COLUMNS = (
+    "id",
+    "description",
+    "status",
+    "worker",
+    "dependencies",
+    "output",
+    "error",
+    "started_at",
+    "completed_at",
+    "created_at",
 )
-"""The columns of the Task Coordinator's ``tasks`` table (bridge's has them too, and ``kind``)."""
+"""The columns of the Task Coordinator's ``tasks`` table, in order (bridge's seed columns:
+its ``tasks`` has them too, and ``kind``)."""
 
 UNVERSIONED = "unversioned"
 
@@ -83,7 +82,7 @@ def classify(tables: set[str], task_columns: set[str], revision: str | None) -> 
         return SchemaState("empty")
     if "kind" in task_columns and BRIDGE_TABLES <= tables:
         return SchemaState("unversioned")
-    if TASK_COORDINATOR_COLUMNS <= task_columns and "kind" not in task_columns:
+    if set(TASK_COORDINATOR_COLUMNS) <= task_columns and "kind" not in task_columns:
         return SchemaState("task-coordinator")
     return SchemaState("foreign")
 
