@@ -2,15 +2,33 @@
 may be added is tested without a database."""
 
 import json
+import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from bridge.errors import BridgeError
 
 SPEC_KEYS = frozenset(
-    {"id", "description", "kind", "payload", "dependencies", "priority", "max_attempts", "timeout"}
+    {
+        "id",
+        "description",
+        "kind",
+        "payload",
+        "dependencies",
+        "priority",
+        "max_attempts",
+        "timeout",
+        "queue",
+        "pool",
+        "not_before",
+        "delay",
+    }
 )
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+"""What a queue or pool name may be: it becomes part of Redis keys and of log lines."""
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 """What a database integer column holds."""
@@ -29,7 +47,15 @@ class TaskSpec:
     dependencies: tuple[str, ...] = field(default=())
     priority: int = 0
     max_attempts: int = 1
-    timeout: int | None = None
+    timeout: float | None = None
+    """Seconds an attempt may run; fractions allowed."""
+    queue: str | None = None
+    """The RQ queue; None: the ``BRIDGE_QUEUE`` setting of whoever adds it."""
+    pool: str | None = None
+    not_before: str | None = None
+    """Earliest dispatch, UTC in the store's text form (``YYYY-MM-DD HH:MM:SS.ffffff``)."""
+    delay: float | None = None
+    """Seconds after it is added before it may be dispatched (becomes ``not_before``)."""
 
     def payload_json(self) -> str | None:
         return None if self.payload is None else json.dumps(self.payload, ensure_ascii=False)
@@ -55,8 +81,61 @@ def spec_from_mapping(raw: Mapping[str, Any], where: str = "task") -> TaskSpec:
         dependencies=deps,
         priority=_typed(raw, "priority", int, 0, where),
         max_attempts=_typed(raw, "max_attempts", int, 1, where),
-        timeout=_typed(raw, "timeout", int, None, where),
+        timeout=_seconds_field(raw, "timeout", where),
+        queue=_typed(raw, "queue", str, None, where),
+        pool=_typed(raw, "pool", str, None, where),
+        not_before=_typed(raw, "not_before", str, None, where),
+        delay=_delay_field(raw, where),
     )
+
+
+def _seconds_field(raw: Mapping[str, Any], key: str, where: str) -> float | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise GraphError(f"{where}: {key!r} must be a number of seconds")
+    return value
+
+
+def _delay_field(raw: Mapping[str, Any], where: str) -> float | None:
+    value = raw.get("delay")
+    if value is None or isinstance(value, str):
+        return value
+    return _seconds_field(raw, "delay", where)
+
+
+_DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_DELAY_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_delay(value: float | str, task_id: str = "") -> float:
+    """Seconds in ``30``, ``90s``, ``10m``, ``2h`` or ``1d``; zero or more."""
+    if isinstance(value, str):
+        match = _DELAY.match(value)
+        if not match:
+            raise GraphError(
+                f"task {task_id!r}: bad delay {value!r}: give seconds or a number with"
+                " s, m, h or d (e.g. 90s, 10m, 2h)"
+            )
+        value = float(match.group(1)) * _DELAY_UNITS[match.group(2)]
+    if not math.isfinite(value) or value < 0 or value > 10 * 365 * 86400:
+        raise GraphError(f"task {task_id!r}: delay must be between 0 and 10 years")
+    return float(value)
+
+
+def parse_time(value: str, task_id: str = "") -> str:
+    """An ISO 8601 time (UTC when it names no zone) as the store writes times."""
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise GraphError(
+            f"task {task_id!r}: not_before {value!r} is not an ISO 8601 time"
+            " (e.g. 2026-12-01T02:00:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def make_spec(
@@ -68,7 +147,11 @@ def make_spec(
     dependencies: Iterable[str] = (),
     priority: int = 0,
     max_attempts: int = 1,
-    timeout: int | None = None,
+    timeout: float | None = None,
+    queue: str | None = None,
+    pool: str | None = None,
+    not_before: str | None = None,
+    delay: float | str | None = None,
 ) -> TaskSpec:
     if not task_id or not task_id.strip():
         raise GraphError("task id must not be empty")
@@ -88,8 +171,17 @@ def make_spec(
         raise GraphError(f"task {task_id!r}: kind must not be empty")
     if max_attempts < 1:
         raise GraphError(f"task {task_id!r}: max_attempts must be at least 1")
-    if timeout is not None and timeout < 1:
-        raise GraphError(f"task {task_id!r}: timeout must be at least 1 second")
+    if timeout is not None and not (math.isfinite(timeout) and 0 < timeout <= INT_MAX):
+        raise GraphError(f"task {task_id!r}: timeout must be a number of seconds above 0")
+    for name, value in (("queue", queue), ("pool", pool)):
+        if value is not None and not QUEUE_NAME.fullmatch(value):
+            raise GraphError(
+                f"task {task_id!r}: {name} {value!r} must be 1 to 100 letters, digits or _.:-"
+            )
+    if not_before is not None:
+        not_before = parse_time(not_before, task_id)
+    if delay is not None:
+        delay = parse_delay(delay, task_id)
     unique_deps: list[str] = []
     for dep in dependencies:
         if dep not in unique_deps:
@@ -103,6 +195,10 @@ def make_spec(
         priority=priority,
         max_attempts=max_attempts,
         timeout=timeout,
+        queue=queue,
+        pool=pool,
+        not_before=not_before,
+        delay=delay,
     )
 
 
@@ -239,4 +335,6 @@ def same_definition(spec: TaskSpec, stored: TaskSpec) -> bool:
         and spec.priority == stored.priority
         and spec.max_attempts == stored.max_attempts
         and spec.timeout == stored.timeout
+        and (spec.queue is None or spec.queue == stored.queue)
+        and spec.pool == stored.pool
     )

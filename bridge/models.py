@@ -5,8 +5,13 @@ Times are ISO-8601 UTC text (``YYYY-MM-DD HH:MM:SS.ffffff``), as the seed's
 ``created_at TEXT``: they sort as strings, on SQLite and elsewhere alike.
 """
 
-from sqlalchemy import Column, Index, Integer, Text, text
+from sqlalchemy import Column, Float, Index, Integer, Text, text
 from sqlmodel import Field, SQLModel
+
+TIMEOUT_TYPE = Float().with_variant(Integer(), "sqlite")
+"""``tasks.timeout`` holds fractional seconds. SQLite keeps the column declared INTEGER:
+its type affinity stores 1.5 as REAL unchanged, and renaming the type would copy the
+whole table. PostgreSQL's column became double precision (revision 0004)."""
 
 
 class Task(SQLModel, table=True):
@@ -33,7 +38,8 @@ class Task(SQLModel, table=True):
     max_attempts: int = Field(default=1, sa_column_kwargs={"nullable": False})
     failures: int = Field(default=0, sa_column_kwargs={"nullable": False})
     """Attempts whose handler failed (a lost job is re-sent without counting here)."""
-    timeout: int | None = None
+    timeout: float | None = Field(default=None, sa_column=Column("timeout", TIMEOUT_TYPE))
+    """Seconds an attempt may run (fractions allowed)."""
     pending_deps: int = Field(default=0, sa_column_kwargs={"nullable": False})
     """Dependencies not yet done: the task is ready when this is 0."""
     seq: int = Field(default=0, sa_column_kwargs={"nullable": False})
@@ -49,6 +55,18 @@ class Task(SQLModel, table=True):
         default="bridge", sa_column_kwargs={"nullable": False, "server_default": "bridge"}
     )
     """The RQ queue its jobs go to; it is judged only against that queue."""
+    run: str | None = Field(default=None, index=True)
+    """The run the task belongs to (``runs.name``); NULL only for tasks older than runs."""
+    local_id: str | None = None
+    """The id as the graph wrote it, when the run scopes ids (the stored ``id`` is then
+    derived from the run and this); NULL when the stored id is the id as given."""
+    pool: str | None = None
+    """The pool (``pools.name``) that bounds how many tasks like it run at once."""
+    progress: float | None = None
+    """The current attempt's last reported fraction done (0..1)."""
+    progress_message: str | None = Field(default=None, sa_column=Column(Text))
+    claim_expires_at: str | None = None
+    """External tasks: when the claim lapses unless heartbeated (UTC ISO text)."""
 
 
 IN_FLIGHT_WHERE = "status IN ('queued', 'working')"
@@ -145,3 +163,60 @@ class Meta(SQLModel, table=True):
 
     key: str = Field(primary_key=True)
     value: str
+
+
+class Run(SQLModel, table=True):
+    """A named submission of tasks: a graph file, a Python ``Graph``, or a schedule's
+    occurrence. Every task added since runs exist belongs to one."""
+
+    __tablename__ = "runs"
+
+    name: str = Field(primary_key=True)
+    created_at: str
+    scoped: int = Field(default=0, sa_column_kwargs={"nullable": False, "server_default": "0"})
+    """1 when task ids were scoped to the run (stored id derived from run and id)."""
+    schedule: str | None = None
+    """The schedule that created it, if any."""
+    due_at: str | None = None
+    """The schedule's due time it was created for (UTC ISO text)."""
+
+
+class Pool(SQLModel, table=True):
+    """A bound on how many tasks naming the pool are in flight at once."""
+
+    __tablename__ = "pools"
+
+    name: str = Field(primary_key=True)
+    slots: int
+    updated_at: str | None = None
+
+
+class Schedule(SQLModel, table=True):
+    """A graph submitted as a new run at each cron due time."""
+
+    __tablename__ = "schedules"
+
+    name: str = Field(primary_key=True)
+    cron: str
+    timezone: str = Field(default="UTC", sa_column_kwargs={"server_default": "UTC"})
+    graph: str = Field(sa_column=Column(Text, nullable=False))
+    """The graph file's task list, as JSON text, stored when the schedule was added."""
+    catch_up: int = Field(default=0, sa_column_kwargs={"nullable": False, "server_default": "0"})
+    created_at: str
+    last_due: str | None = None
+    """The latest due time a run was created for (UTC ISO text)."""
+    next_due: str | None = None
+    """The next due time (UTC ISO text), for listing and for the dispatcher's wake-up."""
+
+
+class TaskLog(SQLModel, table=True):
+    """Lines a handler logged through ``ctx.log``, kept with their attempt."""
+
+    __tablename__ = "task_logs"
+
+    id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True))
+    task_id: str = Field(foreign_key="tasks.id", index=True)
+    attempt: int
+    at: str
+    level: str
+    message: str = Field(sa_column=Column(Text, nullable=False))

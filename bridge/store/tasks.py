@@ -3,6 +3,7 @@
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, insert, select, text
@@ -17,7 +18,7 @@ from bridge.states import (
     IN_FLIGHT,
     TaskStatus,
 )
-from bridge.store.engine import TaskStateError, now
+from bridge.store.engine import TaskStateError, now, stamp
 from bridge.store.locks import lock_dependency_counts
 from bridge.store.tables import EDGES, EVENTS, SLOTS, TASKS, _chunks, _event, _record
 
@@ -50,7 +51,18 @@ def spec_of(row: Any) -> TaskSpec:
         priority=row.priority,
         max_attempts=row.max_attempts,
         timeout=row.timeout,
+        queue=row.queue,
+        pool=row.pool,
     )
+
+
+def _not_before(spec: TaskSpec, at: str) -> str | None:
+    """The task's earliest dispatch: its ``not_before``, or its ``delay`` after ``at``."""
+    if spec.delay is None:
+        return spec.not_before
+    added = datetime.strptime(at, "%Y-%m-%d %H:%M:%S.%f")
+    later = stamp(added + timedelta(seconds=spec.delay))
+    return later if spec.not_before is None else max(later, spec.not_before)
 
 
 def _as_tuple(declared: list[str] | str) -> tuple[str, ...]:
@@ -127,7 +139,9 @@ def add_tasks(
                 "timeout": spec.timeout,
                 "pending_deps": pending,
                 "seq": next_seq + offset,
-                "queue": queue,
+                "queue": spec.queue or queue,
+                "pool": spec.pool,
+                "not_before": _not_before(spec, at),
             }
         )
         edge_rows.extend({"task_id": spec.id, "depends_on": dep} for dep in spec.dependencies)

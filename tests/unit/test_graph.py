@@ -113,8 +113,8 @@ def test_unknown_keys_are_refused_and_named():
         ({"id": "a", "priority": 1.5}, "'priority' must be an integer"),
         ({"id": "a", "priority": True}, "'priority' must be an integer"),
         ({"id": "a", "max_attempts": "3"}, "'max_attempts' must be an integer"),
-        ({"id": "a", "timeout": 2.0}, "'timeout' must be an integer"),
-        ({"id": "a", "timeout": False}, "'timeout' must be an integer"),
+        ({"id": "a", "timeout": "2"}, "'timeout' must be a number of seconds"),
+        ({"id": "a", "timeout": False}, "'timeout' must be a number of seconds"),
     ],
 )
 def test_wrong_types_are_refused(item, message):
@@ -145,7 +145,7 @@ def test_empty_id_is_refused(task_id):
     [
         ({"id": "a", "kind": ""}, "kind must not be empty"),
         ({"id": "a", "max_attempts": 0}, "max_attempts must be at least 1"),
-        ({"id": "a", "timeout": 0}, "timeout must be at least 1 second"),
+        ({"id": "a", "timeout": 0}, "timeout must be a number of seconds above 0"),
     ],
 )
 def test_values_that_cannot_work_are_refused(item, message):
