@@ -5,7 +5,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -56,6 +56,8 @@ class TaskSpec:
     """Earliest dispatch, UTC in the store's text form (``YYYY-MM-DD HH:MM:SS.ffffff``)."""
     delay: float | None = None
     """Seconds after it is added before it may be dispatched (becomes ``not_before``)."""
+    local_id: str | None = None
+    """The id as the graph wrote it, when ``scope`` derived ``id`` from a run's name."""
 
     def payload_json(self) -> str | None:
         return None if self.payload is None else json.dumps(self.payload, ensure_ascii=False)
@@ -209,6 +211,31 @@ def _typed(raw: Mapping[str, Any], key: str, kind: type, default: Any, where: st
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
         raise GraphError(f"{where}: {key!r} must be {'an integer' if kind is int else 'a string'}")
     return value
+
+
+RUN_SEPARATOR = "/"
+"""Between a scoped run's name and a task's id in the stored id: ``nightly-1/fetch``."""
+
+
+def scoped_id(run: str, task_id: str) -> str:
+    return f"{run}{RUN_SEPARATOR}{task_id}"
+
+
+def scope(specs: Iterable[TaskSpec], run: str) -> list[TaskSpec]:
+    """The specs with ids scoped to ``run``: each id, and each dependency on a task of
+    the same graph, becomes ``run/id``; a dependency on any other id names a stored
+    task as is (a run may wait for tasks of another)."""
+    specs = list(specs)
+    ids = unique_ids(specs)
+    return [
+        replace(
+            spec,
+            id=scoped_id(run, spec.id),
+            local_id=spec.id,
+            dependencies=tuple(scoped_id(run, d) if d in ids else d for d in spec.dependencies),
+        )
+        for spec in specs
+    ]
 
 
 def parse_graph(text: str, source: str = "file") -> list[TaskSpec]:

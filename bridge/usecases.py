@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from bridge import store
+from bridge import graph, store
 from bridge.app import App
 from bridge.broker import (
     Broker,
@@ -55,15 +55,24 @@ class Added:
     skipped: list[str] = field(default_factory=list)
     """Already there with the same definition (only with ``skip_same``)."""
     warnings: list[str] = field(default_factory=list)
+    run: str | None = None
+    """The run the added tasks belong to."""
 
 
-def add(app: App, specs: Sequence[TaskSpec], *, skip_same: bool = False) -> Added:
+def add(
+    app: App, specs: Sequence[TaskSpec], *, skip_same: bool = False, run: str | None = None
+) -> Added:
     """Add tasks in one transaction (all or nothing) and wake the dispatcher.
 
+    With ``run``, the tasks form a new run of that name and their ids are scoped to it
+    (``graph.scope``); without, they keep their ids and get a run of their own.
     Warns about kinds no handler module loaded here registers: the tasks are still
     added (workers elsewhere may know them), but a typo should not wait for 3 a.m.
     """
     warnings = _unknown_kinds(app.settings, [s.kind for s in specs])
+    name = run if run is not None else store.auto_run_name()
+    if run is not None:
+        specs = graph.scope(specs, run)
     with store.writing(app.engine) as session:
         result = store.add_tasks(
             session=session,
@@ -71,10 +80,13 @@ def add(app: App, specs: Sequence[TaskSpec], *, skip_same: bool = False) -> Adde
             skip_same=skip_same,
             max_payload=app.settings.max_output,
             queue=app.settings.queue,
+            run=name,
         )
+        if result.added:
+            store.create_run(session=session, name=name, scoped=run is not None)
     if result.added:
         app.nudge()
-    return Added(added=result.added, skipped=result.skipped, warnings=warnings)
+    return Added(added=result.added, skipped=result.skipped, warnings=warnings, run=name)
 
 
 def _unknown_kinds(settings: Settings, kinds: Sequence[str]) -> list[str]:

@@ -40,6 +40,7 @@ from bridge.store.leases import (
 )
 from bridge.store.preflight import is_task_coordinator
 from bridge.store.reports import Applied, apply_reports
+from bridge.store.runs import RUNS, auto_run_name, create_run, get_run, run_exists
 from bridge.store.schema import namespace, take_tokens
 from bridge.store.tables import EDGES, EVENTS, LEASES, SLOTS, TASKS
 from bridge.store.tasks import (
@@ -80,6 +81,11 @@ __all__ = [
     "TaskStatus",
     "acquire_lease",
     "add_tasks",
+    "auto_run_name",
+    "create_run",
+    "get_run",
+    "run_exists",
+    "RUNS",
     "apply_reports",
     "cancel_task",
     "claim_ready",

@@ -82,11 +82,14 @@ def add_tasks(
     skip_same: bool = False,
     max_payload: int = graph.DEFAULT_MAX_PAYLOAD,
     queue: str = "bridge",
+    run: str | None = None,
 ) -> AddResult:
     """Add a graph in one transaction: all of it, or (on any error) none of it.
 
     With ``skip_same``, a task that already exists with the same definition is
-    skipped (rerunning a file resumes); any other clash is an error.
+    skipped (rerunning a file resumes); any other clash is an error. ``run`` names the
+    run (``store.create_run``) the new tasks belong to; a scoped run's specs come
+    through ``graph.scope`` and keep the id as written in ``local_id``.
     """
     graph.unique_ids(specs)  # before any are set aside as already stored
     lock_dependency_counts(session)  # before the dependencies' status is read
@@ -142,6 +145,8 @@ def add_tasks(
                 "queue": spec.queue or queue,
                 "pool": spec.pool,
                 "not_before": _not_before(spec, at),
+                "run": run,
+                "local_id": spec.local_id,
             }
         )
         edge_rows.extend({"task_id": spec.id, "depends_on": dep} for dep in spec.dependencies)
@@ -299,6 +304,12 @@ def task_dict(task: Task) -> dict[str, Any]:
         "not_before": task.not_before,
         "pending_dependencies": task.pending_deps,
         "note": task.note,
+        "queue": task.queue,
+        "pool": task.pool,
+        "run": task.run,
+        "local_id": task.local_id,
+        "progress": task.progress,
+        "progress_message": task.progress_message,
     }
 
 
