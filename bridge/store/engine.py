@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import event, inspect
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DisconnectionError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, OperationalError
 from sqlmodel import Session, create_engine
 
 from bridge.defaults import BUSY_TIMEOUT_MS
@@ -240,13 +240,18 @@ def _tune_sqlite(engine: Engine, *, read_only: bool = False) -> None:
 
 @contextmanager
 def writing(engine: Engine) -> Iterator[Session]:
-    """A write transaction: committed on success, rolled back (file untouched) on error."""
+    """A write transaction: committed on success, rolled back (file untouched) on error.
+
+    Any driver error becomes a one-line ``StoreError``: not only a lock or a lost
+    connection (``OperationalError``) but a value PostgreSQL refuses (``DataError``) or
+    a constraint no rule of ours caught, which would otherwise reach the user as a
+    traceback."""
     try:
         with Session(engine.execution_options(bridge_write=True)) as session:
             with session.begin():
                 yield session
-    except OperationalError as exc:
-        raise StoreError(f"database error: {exc.orig}") from None
+    except DBAPIError as exc:
+        raise StoreError(f"database error: {_first_line(exc.orig)}") from None
 
 
 @contextmanager
@@ -254,5 +259,11 @@ def reading(engine: Engine) -> Iterator[Session]:
     try:
         with Session(engine) as session:
             yield session
-    except OperationalError as exc:
-        raise StoreError(f"database error: {exc.orig}") from None
+    except DBAPIError as exc:
+        raise StoreError(f"database error: {_first_line(exc.orig)}") from None
+
+
+def _first_line(error: BaseException | None) -> str:
+    """A driver's message without the SQL and parameters PostgreSQL appends on later lines."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -1162,3 +1162,19 @@ def test_adding_a_dependent_while_its_dependency_finishes_never_loses_the_wakeup
     assert status(engine, "a") == "done"
     assert row(engine, "b")["pending_deps"] == 0
     assert claim_ids(engine) == ["b"]
+
+
+def test_any_driver_error_in_a_write_is_one_line_not_a_traceback(pg_url):
+    # Given a PostgreSQL database
+    engine = store.open_engine(pg_url, create=True)
+    try:
+        # When a statement fails with an error that is not an OperationalError
+        with pytest.raises(store.StoreError) as caught:
+            with store.writing(engine) as session:
+                session.execute(text("SELECT 1 / 0"))
+        # Then it is a StoreError of one line, without the SQL the driver appends
+        assert "division by zero" in str(caught.value)
+        assert "\n" not in str(caught.value)
+        assert "SELECT" not in str(caught.value)
+    finally:
+        engine.dispose()
