@@ -42,7 +42,7 @@ from bridge.store.preflight import is_task_coordinator
 from bridge.store.reports import Applied, apply_reports
 from bridge.store.runs import RUNS, auto_run_name, create_run, get_run, run_exists
 from bridge.store.schema import namespace, take_tokens
-from bridge.store.tables import EDGES, EVENTS, LEASES, SLOTS, TASKS
+from bridge.store.tables import EDGES, EVENTS, LEASES, LOGS, SLOTS, TASKS
 from bridge.store.tasks import (
     AddResult,
     Progress,
@@ -52,6 +52,7 @@ from bridge.store.tasks import (
     dependents_blocked_by,
     get_task,
     list_events,
+    list_logs,
     list_slots,
     list_tasks,
     progress,
@@ -65,6 +66,7 @@ __all__ = [
     "EDGES",
     "EVENTS",
     "LEASES",
+    "LOGS",
     "SLOTS",
     "TASKS",
     "AddResult",
@@ -99,6 +101,7 @@ __all__ = [
     "lease_clock",
     "lease_holder",
     "list_events",
+    "list_logs",
     "list_leases",
     "list_slots",
     "list_tasks",

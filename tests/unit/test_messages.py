@@ -85,7 +85,8 @@ def test_dispatch_round_trips_through_json_like_the_job_kwargs_do():
 @pytest.mark.parametrize(
     "change",
     [
-        {"v": 2},
+        {"v": 1},
+        {"v": 3},
         {"v": None},
         {"attempt": "2"},
         {"attempt": True},
@@ -95,6 +96,12 @@ def test_dispatch_round_trips_through_json_like_the_job_kwargs_do():
         {"namespace": "../../etc"},
         {"namespace": ""},
         {"extra": "field"},
+        {"inputs": ["a"]},
+        {"inputs": "{}"},
+        {"run": 5},
+        {"local_id": ["a"]},
+        {"max_attempts": "1"},
+        {"max_attempts": None},
     ],
 )
 def test_a_job_that_is_not_exactly_a_dispatch_is_refused(change):
