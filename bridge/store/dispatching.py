@@ -133,7 +133,7 @@ def _new_attempts(
     """One new attempt per row, each with a fresh fencing token in its job id and its
     dependencies' outputs as inputs. A row whose inputs exceed ``max_inputs`` gets no
     attempt: it fails here, in this transaction, saying which dependency is largest."""
-    inputs, too_large = _gather_inputs(session, [r.id for r in rows], max_inputs)
+    inputs, too_large = _gather_inputs(session, {r.id: r.run for r in rows}, max_inputs)
     if too_large:
         states = sources or ["available"] * len(rows)
         _fail_unsendable(
@@ -167,7 +167,8 @@ def _new_attempts(
 
 
 _INPUTS = (
-    "SELECT e.task_id AS task_id, COALESCE(d.local_id, d.id) AS name, d.output AS output"
+    "SELECT e.task_id AS task_id, d.id AS id, d.local_id AS local_id, d.run AS run,"
+    " d.output AS output"
     " FROM task_edges e JOIN tasks d ON d.id = e.depends_on WHERE e.task_id IN ({ids})"
 )
 """Every dependency's output of a claim batch, one query per chunk of ids (the edge
@@ -176,16 +177,22 @@ range read, not a query per dependency."""
 
 
 def _gather_inputs(
-    session: Session, task_ids: Sequence[str], limit: int
+    session: Session, runs: dict[str, str | None], limit: int
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """``(inputs by task, why by task for those whose inputs are too large)``."""
+    """``(inputs by task, why by task for those whose inputs are too large)``, for the
+    tasks ``runs`` names (task id -> its run).
+
+    An input is named as the dependent's graph wrote it: a dependency of the same run
+    by its id in the graph (``local_id``), one of another run by its stored id."""
     conn = session.connection()
     found: dict[str, list[tuple[str, str | None]]] = {}
-    for chunk in _chunks(list(task_ids)):
+    for chunk in _chunks(list(runs)):
         names = ", ".join(f":i{n}" for n in range(len(chunk)))
         params = {f"i{n}": task_id for n, task_id in enumerate(chunk)}
         for row in conn.execute(text(_INPUTS.format(ids=names)), params):
-            found.setdefault(row.task_id, []).append((row.name, row.output))
+            same_run = row.local_id is not None and row.run == runs[row.task_id]
+            name = row.local_id if same_run else row.id
+            found.setdefault(row.task_id, []).append((name, row.output))
     inputs: dict[str, dict[str, Any]] = {}
     too_large: dict[str, str] = {}
     for task_id, outputs in found.items():
