@@ -355,6 +355,9 @@ def show(context: Context, task_id: str, as_json: bool, traceback: bool) -> None
             click.echo(view.traceback)
     else:
         render.console().print(render.task_detail(view))
+        line = render.progress_line(view.task)
+        if line is not None:
+            click.echo(line)
 
 
 @cli.command()

@@ -162,12 +162,16 @@ def task_detail(view: TaskView) -> Table:
             "dependencies",
             Text(", ".join(f"{dep} ({status})" for dep, status in view.dependencies)),
         )
-    why = view.why
-    task = view.task
-    if task.status in {s.value for s in IN_FLIGHT} and task.progress is not None:
-        why += f"; progress: {progress_text(task.progress, task.progress_message)}"
-    table.add_row("why", Text(why))
+    table.add_row("why", Text(view.why))
     return table
+
+
+def progress_line(task: Task) -> str | None:
+    """``progress: 40% downloading`` for a task in flight whose handler said how far it
+    is; printed under ``bridge show``'s table, on one line whatever the terminal width."""
+    if task.status not in {s.value for s in IN_FLIGHT} or task.progress is None:
+        return None
+    return f"progress: {progress_text(task.progress, task.progress_message)}"
 
 
 def log_dict(line: TaskLog) -> dict[str, Any]:

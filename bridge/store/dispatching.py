@@ -113,6 +113,8 @@ def claim_ready(
     if not ready:
         return []
     dispatches = _new_attempts(session, ready, max_output, max_inputs)
+    if not dispatches:  # every ready task failed at dispatch (inputs too large)
+        return []
     _mark_queued(session, dispatches, ["available"] * len(dispatches), at, "dispatched", None)
     conn.execute(
         update(SLOTS)
@@ -270,6 +272,8 @@ def _mark_queued(
     note: str | None,
 ) -> None:
     """Commit ``queued`` for a new attempt, each task guarded on its status and attempt."""
+    if not dispatches:
+        return
     stmt = (
         update(TASKS)
         .where(

@@ -1265,6 +1265,16 @@ def test_a_fan_in_whose_inputs_are_too_large_fails_at_dispatch_naming_the_larges
     assert d.task_id == "sum" and set(d.inputs) == {"small", "big"}
 
 
+def test_a_claim_whose_every_ready_task_is_too_large_sends_nothing(engine):
+    add(engine, t("big"))
+    finish_with(engine, {"big": "y" * 100})
+    add(engine, t("sum", "big"))
+    with store.writing(engine) as session:
+        assert store.claim_ready(session=session, slots=SLOTS, max_inputs=10) == []
+    assert status(engine, "sum") == "failed"
+    assert busy_slots(engine) == {}
+
+
 def test_progress_counts_only_for_the_current_attempt_in_flight_and_a_new_attempt_clears_it(
     engine,
 ):
