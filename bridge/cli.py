@@ -167,6 +167,14 @@ def warn_all(warnings: list[str]) -> None:
     help="Bytes of output/error kept per task; more is truncated with a marker. [default: 1048576]",
 )
 @click.option(
+    "--max-inputs",
+    envvar="BRIDGE_MAX_INPUTS",
+    show_envvar=True,
+    type=int,
+    help="Bytes of dependency outputs one job may carry as its handler's inputs; a fan-in"
+    " over this fails at dispatch. [default: 16777216]",
+)
+@click.option(
     "--auto-migrate/--no-auto-migrate",
     "auto_migrate",
     envvar="BRIDGE_AUTO_MIGRATE",
@@ -354,6 +362,9 @@ def show(context: Context, task_id: str, as_json: bool, traceback: bool) -> None
             click.echo(view.traceback)
     else:
         render.console().print(render.task_detail(view))
+        line = render.progress_line(view.task)
+        if line is not None:
+            click.echo(line)
 
 
 @cli.command()
@@ -387,6 +398,24 @@ def events(context: Context, task_id: str | None, as_json: bool, follow: bool) -
             rows = usecases.list_events(context, task_id, after=last)
     except KeyboardInterrupt:
         sys.exit(0)
+
+
+@cli.command()
+@click.argument("task_id")
+@click.option("--attempt", type=int, help="Only the lines of this attempt.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def logs(context: Context, task_id: str, attempt: int | None, as_json: bool) -> None:
+    """The lines a handler logged through ctx.log, with their attempt."""
+    result = usecases.task_logs(context, task_id, attempt=attempt)
+    if as_json:
+        render.print_json([render.log_dict(line) for line in result.lines])
+        return
+    for line in result.lines:
+        click.echo(render.log_line(line))
+    if not result.lines:
+        which = "" if attempt is None else f" in attempt {attempt}"
+        click.echo(f"task {task_id!r} has no log lines{which}", err=True)
 
 
 @cli.command()

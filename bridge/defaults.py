@@ -19,6 +19,19 @@ START_REPORT_DELAY = 0.1
 sends one report whose outcome carries its start."""
 WORKER_RESTART_AFTER = 2.0
 """Seconds a worker waits before starting over after losing Redis."""
+PROGRESS_EVERY = 0.5
+"""At most one ``ctx.progress`` report this often per attempt; the latest is always sent
+before the outcome, so what ``bridge show`` says last is what the handler said last."""
+LOG_FLUSH_EVERY = 1.0
+"""Seconds between sends of a running handler's ``ctx.log`` lines (the rest go with the
+outcome): one report per second at most, however chatty the handler."""
+MAX_LOG_LINES = 1000
+"""``ctx.log`` lines kept per attempt; later ones are counted and dropped, and a last
+line says how many (``... N lines dropped``)."""
+MAX_LOG_BYTES = 256 * 1024
+"""Bytes of ``ctx.log`` messages kept per attempt, under the same rule."""
+MAX_LOG_LINE = 8 * 1024
+"""Bytes one ``ctx.log`` line may take; a longer one is cut with a visible marker."""
 
 # ---------------------------------------------------------------- dispatcher
 

@@ -45,12 +45,15 @@ from bridge.messages import Dispatch, Report
 from bridge.recovery import Flight, JobState, Limits, Verdict, judge
 from bridge.retention import Retention
 from bridge.settings import Settings
-from bridge.states import IN_FLIGHT, ReportKind, TaskStatus
+from bridge.states import IN_FLIGHT, NOTE_KINDS, ReportKind, TaskStatus
 
 log = logging.getLogger("bridge.dispatcher")
 
 LEASE_NAME = "dispatcher"
 """One lease per database: one dispatcher serves all of its queues."""
+_NO_CLAIM = NOTE_KINDS | {ReportKind.STARTED}
+"""Reports that neither free a slot nor make a task ready: a tick of only these claims
+nothing (a busy handler's progress must not cost a claim query each time)."""
 CONSUMER = "dispatcher"
 """One consumer name for every dispatcher of a database (only the lease holder reads),
 so a successor re-reads what a killed predecessor read but never acknowledged."""
@@ -64,6 +67,8 @@ class TickStats:
     recovered: int = 0
     finished: int = 0
     """Applied reports that took a task out of flight."""
+    noted: int = 0
+    """Progress and log reports (kept or dropped): they never move a task."""
 
 
 @dataclass
@@ -191,7 +196,7 @@ class Dispatcher:
         while True:
             stats = self.tick(block=False, claim=False)
             self._add(totals, stats)
-            if stats.applied + stats.ignored == 0 or self._last_read >= mark:
+            if stats.applied + stats.ignored + stats.noted == 0 or self._last_read >= mark:
                 return totals
 
     def tick(self, *, block: bool = True, claim: bool = True) -> TickStats:
@@ -212,7 +217,7 @@ class Dispatcher:
         if incoming:
             self._last_read = max(self._last_read, _stream_id(incoming[-1].message_id))
         reports = [m.report for m in incoming if m.report is not None]
-        if len(reports) < len(incoming) or any(r.kind is not ReportKind.STARTED for r in reports):
+        if len(reports) < len(incoming) or any(r.kind not in _NO_CLAIM for r in reports):
             self._claim_wanted = True  # a nudge (tasks added or retried) or a freed slot
         if self._wakeup is not None and self._wakeup <= datetime.now(timezone.utc):
             # A retry backoff ended: claim once for it. The next wake-up time is looked up
@@ -229,7 +234,8 @@ class Dispatcher:
                         session=session, reports=reports, max_output=self.settings.max_output
                     )
                     stats.applied = sum(1 for a in applied if a.target is not None)
-                    stats.ignored = len(applied) - stats.applied
+                    stats.noted = sum(1 for a in applied if a.report.kind in NOTE_KINDS)
+                    stats.ignored = len(applied) - stats.applied - stats.noted
                     stats.finished = sum(
                         1 for a in applied if a.target is not None and a.target not in IN_FLIGHT
                     )
@@ -249,6 +255,7 @@ class Dispatcher:
                         session=session,
                         slots=self.settings.slots,
                         max_output=self.settings.max_output,
+                        max_inputs=self.settings.max_inputs,
                     )
                     self._claim_wanted = False
         self._claim_new_queues(dispatches)
@@ -397,6 +404,7 @@ class Dispatcher:
                     tasks=group,
                     reason=reason,
                     max_output=self.settings.max_output,
+                    max_inputs=self.settings.max_inputs,
                 )
             if failures:
                 store.apply_reports(

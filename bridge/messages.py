@@ -18,8 +18,9 @@ JOB_FUNCTION = "bridge.workers.entry.run_task"
 """The one function bridge's workers run; every other job is refused unrun. The
 dispatcher names it by string and imports no worker code."""
 
-MESSAGE_VERSION = 1
-"""The format of a job's fields; a worker refuses a job of another version."""
+MESSAGE_VERSION = 2
+"""The format of a job's fields; a worker refuses a job of another version. Version 2
+added the handler context: ``inputs``, ``run``, ``local_id`` and ``max_attempts``."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -56,6 +57,19 @@ class Dispatch:
     namespace: str = ""
     """The database's Redis namespace: where the worker sends its reports."""
     max_output: int = 1024 * 1024
+    inputs: dict[str, Any] | None = None
+    """Each dependency's id as the graph wrote it -> its decoded output (``ctx.inputs``);
+    None for a task without dependencies. The dispatcher checked its size."""
+    run: str | None = None
+    """The run the task belongs to (``ctx.run``)."""
+    local_id: str | None = None
+    """The id as the graph wrote it, when the run scoped it (``ctx.task_id``)."""
+    max_attempts: int = 1
+
+    @property
+    def graph_id(self) -> str:
+        """The task's id as its graph wrote it."""
+        return self.local_id if self.local_id is not None else self.task_id
 
     def encode(self) -> dict[str, Any]:
         return {
@@ -69,6 +83,10 @@ class Dispatch:
             "queue": self.queue,
             "namespace": self.namespace,
             "max_output": self.max_output,
+            "inputs": self.inputs,
+            "run": self.run,
+            "local_id": self.local_id,
+            "max_attempts": self.max_attempts,
         }
 
     @classmethod
@@ -87,6 +105,10 @@ class Dispatch:
                 queue=_typed(fields, "queue", str),
                 namespace=_typed(fields, "namespace", str),
                 max_output=_typed(fields, "max_output", int),
+                inputs=_typed(fields, "inputs", dict, optional=True),
+                run=_typed(fields, "run", str, optional=True),
+                local_id=_typed(fields, "local_id", str, optional=True),
+                max_attempts=_typed(fields, "max_attempts", int),
             )
         except KeyError as exc:
             raise MessageError(f"not a bridge job (missing {exc})") from None
@@ -95,6 +117,8 @@ class Dispatch:
             raise MessageError(f"not a bridge job (unexpected fields {extra})")
         if not _NAMESPACE.fullmatch(dispatch.namespace):
             raise MessageError("not a bridge job (bad namespace)")
+        if dispatch.inputs is not None and not all(isinstance(k, str) for k in dispatch.inputs):
+            raise MessageError("not a bridge job (field 'inputs' has the wrong type)")
         return dispatch
 
 
@@ -130,6 +154,12 @@ class Report:
     at: str | None = None
     started_at: str | None = None
     """On an outcome whose job was too short to send its own ``started`` report."""
+    progress: float | None = None
+    """Fraction done, 0 to 1 (``progress`` only)."""
+    message: str | None = None
+    """What the handler said with its progress (``progress`` only)."""
+    lines: str | None = None
+    """JSON text of ``[[at, level, message], ...]`` (``log`` only)."""
 
     def encode(self) -> dict[str, str]:
         fields: dict[str, Any] = {
@@ -138,10 +168,21 @@ class Report:
             "kind": self.kind.value,
             "job_id": self.job_id,
         }
-        for name in ("worker", "output", "error", "traceback", "at", "started_at"):
+        for name in (
+            "worker",
+            "output",
+            "error",
+            "traceback",
+            "at",
+            "started_at",
+            "message",
+            "lines",
+        ):
             value = getattr(self, name)
             if value is not None:
                 fields[name] = value
+        if self.progress is not None:
+            fields["progress"] = repr(float(self.progress))
         return fields
 
     @classmethod
@@ -159,9 +200,22 @@ class Report:
                 traceback=text.get("traceback"),
                 at=text.get("at"),
                 started_at=text.get("started_at"),
+                progress=_fraction(text.get("progress")),
+                message=text.get("message"),
+                lines=text.get("lines"),
             )
         except (KeyError, ValueError) as exc:
             raise ReportError(f"not a report: {sorted(text)} ({exc})") from None
+
+
+def _fraction(text: str | None) -> float | None:
+    """A progress fraction: a finite number, clamped to 0..1."""
+    if text is None:
+        return None
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"progress {text!r} is not a finite number")
+    return min(1.0, max(0.0, value))
 
 
 def _s(value: bytes | str) -> str:

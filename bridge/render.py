@@ -13,7 +13,9 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from bridge.models import Task, TaskEvent, WorkerSlot
+from bridge.models import Task, TaskEvent, TaskLog, WorkerSlot
+from bridge.reporting import progress_text
+from bridge.states import IN_FLIGHT
 from bridge.store import declared_dependencies, task_dict
 from bridge.usecases import GraphProgress, Status, TaskView
 
@@ -150,7 +152,7 @@ def task_detail(view: TaskView) -> Table:
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     for key, value in task_dict(view.task).items():
-        if key in ("dependencies", "pending_dependencies", "note"):
+        if key in ("dependencies", "pending_dependencies", "note", "progress", "progress_message"):
             continue
         if isinstance(value, (dict, list)):
             value = json.dumps(value, ensure_ascii=False)
@@ -162,6 +164,29 @@ def task_detail(view: TaskView) -> Table:
         )
     table.add_row("why", Text(view.why))
     return table
+
+
+def progress_line(task: Task) -> str | None:
+    """``progress: 40% downloading`` for a task in flight whose handler said how far it
+    is; printed under ``bridge show``'s table, on one line whatever the terminal width."""
+    if task.status not in {s.value for s in IN_FLIGHT} or task.progress is None:
+        return None
+    return f"progress: {progress_text(task.progress, task.progress_message)}"
+
+
+def log_dict(line: TaskLog) -> dict[str, Any]:
+    return {
+        "task_id": line.task_id,
+        "attempt": line.attempt,
+        "at": line.at,
+        "level": line.level,
+        "message": line.message,
+    }
+
+
+def log_line(line: TaskLog) -> str:
+    """``bridge logs``: ``<at> <LEVEL> attempt N: message``."""
+    return f"{line.at[:23]} {line.level} attempt {line.attempt}: {line.message}"
 
 
 def stuck_lines(state: GraphProgress) -> list[str]:

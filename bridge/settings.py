@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import unquote, urlsplit
 
-from bridge.defaults import RETENTION_EVERY
+from bridge.defaults import MAX_JOB_DATA, RETENTION_EVERY
 from bridge.errors import BridgeError
 
 DEFAULT_DATABASE_URL = "sqlite:///task-coordinator.db"
@@ -28,6 +28,13 @@ and a running job can be stopped. ``simple`` runs jobs in-process, several times
 
 DEFAULT_MAX_OUTPUT = 1024 * 1024
 """Bytes of handler output or error kept in the database; longer text is truncated."""
+
+DEFAULT_MAX_INPUTS = 16 * 1024 * 1024
+"""Bytes of dependency outputs (``ctx.inputs``) one job may carry; a fan-in over this
+fails at dispatch, naming its largest dependency."""
+MAX_INPUTS_CAP = MAX_JOB_DATA // 4
+"""The highest ``BRIDGE_MAX_INPUTS``: RQ writes a job as ASCII JSON, where escaping can
+triple non-ASCII text, and a worker refuses a job above ``MAX_JOB_DATA``."""
 
 
 class SettingsError(BridgeError, ValueError):
@@ -76,6 +83,8 @@ class Settings:
     """Seconds between the dispatcher's retention passes (``BRIDGE_RETENTION_EVERY``)."""
     redis_explicit: bool = field(default=False, compare=False)
     """True when the user named a Redis URL; ``bridge run`` then never starts its own."""
+    max_inputs: int = DEFAULT_MAX_INPUTS
+    """``BRIDGE_MAX_INPUTS``: bytes of dependency outputs a job may carry as inputs."""
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -91,6 +100,10 @@ class Settings:
         if self.max_output < 1024:
             raise SettingsError(f"max output must be at least 1024 bytes, got {self.max_output}")
         parse_retention(self.retention)
+        if not 0 <= self.max_inputs <= MAX_INPUTS_CAP:
+            raise SettingsError(
+                f"BRIDGE_MAX_INPUTS must be from 0 to {MAX_INPUTS_CAP} bytes, got {self.max_inputs}"
+            )
         if not self.retention_every > 0:
             raise SettingsError(
                 f"BRIDGE_RETENTION_EVERY must be above 0 seconds, got {self.retention_every:g}"
@@ -129,6 +142,8 @@ class Settings:
             values["retention_every"] = _float(
                 "BRIDGE_RETENTION_EVERY", env["BRIDGE_RETENTION_EVERY"]
             )
+        if env.get("BRIDGE_MAX_INPUTS"):
+            values["max_inputs"] = _int("BRIDGE_MAX_INPUTS", env["BRIDGE_MAX_INPUTS"])
         for key, value in overrides.items():
             if value is None:
                 continue
@@ -155,6 +170,7 @@ class Settings:
             "BRIDGE_AUTO_MIGRATE": "1" if self.auto_migrate else "0",
             "BRIDGE_RETENTION": self.retention or "",
             "BRIDGE_RETENTION_EVERY": repr(self.retention_every),
+            "BRIDGE_MAX_INPUTS": str(self.max_inputs),
         }
 
 

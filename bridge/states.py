@@ -34,7 +34,7 @@ IN_FLIGHT = frozenset({TaskStatus.QUEUED, TaskStatus.WORKING})
 FINISHED_BADLY = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
-    TaskStatus.AVAILABLE: frozenset({TaskStatus.QUEUED, TaskStatus.CANCELLED}),
+    TaskStatus.AVAILABLE: frozenset({TaskStatus.QUEUED, TaskStatus.CANCELLED, TaskStatus.FAILED}),
     TaskStatus.QUEUED: frozenset(
         {
             TaskStatus.WORKING,
@@ -59,7 +59,9 @@ ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.CANCELLED: frozenset({TaskStatus.AVAILABLE}),
 }
 """``queued -> queued`` and ``working -> queued`` are re-dispatches of a lost job
-(a new attempt); ``-> available`` from in flight is a failed attempt with retries left."""
+(a new attempt); ``-> available`` from in flight is a failed attempt with retries left;
+``available -> failed`` is a task that cannot be sent at all (its dependencies' outputs
+exceed ``BRIDGE_MAX_INPUTS``): it fails at dispatch, no attempt is made."""
 
 
 def sources_of(target: TaskStatus) -> tuple[str, ...]:
@@ -71,6 +73,18 @@ class ReportKind(str, Enum):
     STARTED = "started"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    PROGRESS = "progress"
+    """A running handler's fraction done (``ctx.progress``); never changes the state."""
+    LOG = "log"
+    """Lines a running handler logged (``ctx.log``); never changes the state."""
+
+
+NOTE_KINDS = frozenset({ReportKind.PROGRESS, ReportKind.LOG})
+"""Reports that note something about the current attempt without moving the task: they
+are kept only for the attempt that is the task's own (its job id), and a stale one is
+dropped without an audit row (a superseded handler may send them twice a second)."""
+TRANSITION_KINDS = tuple(k for k in ReportKind if k not in NOTE_KINDS)
+"""Reports the fencing rule (``decide_report``) decides."""
 
 
 def backoff_seconds(failures: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
@@ -103,7 +117,8 @@ def decide_report(
     The attempt is identified by its job id, which carries a fencing token unique over
     the database's life (``task_job``/``report_job``); the attempt number alone would
     repeat after ``clean`` or for a re-added id. Late, duplicate or stale reports are
-    ignored, and the caller records them as such.
+    ignored, and the caller records them as such. Notes (progress, log lines) never
+    move a task: they are decided by ``note_counts``.
     """
     if report_attempt != task_attempt or report_job != task_job:
         return Decision(
@@ -113,6 +128,8 @@ def decide_report(
         )
     if status not in IN_FLIGHT:
         return Decision(None, f"report '{kind.value}' arrived after the task became {status.value}")
+    if kind in NOTE_KINDS:
+        return Decision(None, f"a {kind.value} report changes no state")
     if kind is ReportKind.STARTED:
         if status is TaskStatus.WORKING:
             return Decision(None, "duplicate start report")
@@ -123,3 +140,13 @@ def decide_report(
         delay = backoff_seconds(failures + 1)
         return Decision(TaskStatus.AVAILABLE, f"attempt failed, retry in {delay:g}s", delay)
     return Decision(TaskStatus.FAILED, "attempt failed, no attempts left")
+
+
+def note_counts(
+    *, status: TaskStatus, task_job: str | None, report_job: str, kind: ReportKind
+) -> bool:
+    """Whether a note is kept: log lines of the task's own attempt (its job id, whatever
+    its state now), progress only while that attempt is in flight."""
+    if report_job != task_job:
+        return False
+    return kind is ReportKind.LOG or status in IN_FLIGHT

@@ -22,7 +22,7 @@ from bridge.broker import (
     WorkerInfo,
 )
 from bridge.graph import TaskSpec
-from bridge.models import Task, TaskEvent, WorkerSlot
+from bridge.models import Task, TaskEvent, TaskLog, WorkerSlot
 from bridge.settings import Settings, redact_url
 from bridge.states import FINISHED_BADLY, IN_FLIGHT, TaskStatus
 from bridge.store.adopt import (
@@ -988,3 +988,17 @@ def wait(
         else:
             result.problems = runner.report_stuck(app.engine, targets)
     return result
+# ---- logs: what a handler logged through ctx.log
+
+
+@dataclass
+class TaskLogs:
+    task_id: str
+    lines: list[TaskLog]
+
+
+def task_logs(app: App, task_id: str, *, attempt: int | None = None) -> TaskLogs:
+    """A task's ``ctx.log`` lines, of one attempt or all; an unknown id is an error."""
+    with store.reading(app.engine) as session:
+        store.require_task(session=session, task_id=task_id)
+        return TaskLogs(task_id, store.list_logs(session=session, task_id=task_id, attempt=attempt))

@@ -48,3 +48,33 @@ def payload_log(payload: Any) -> Any:
         log.flush()
         os.fsync(log.fileno())
     return payload
+
+
+@handler("fan_in_sum", context=True)
+def fan_in_sum(payload: Any, ctx: Any) -> dict[str, Any]:
+    """Sum the dependencies' outputs (``ctx.inputs``) and say what the context held."""
+    return {
+        "sum": sum(ctx.inputs.values()),
+        "inputs": sorted(ctx.inputs),
+        "task": ctx.task_id,
+        "run": ctx.run,
+        "attempt": [ctx.attempt, ctx.max_attempts],
+    }
+
+
+@handler("progress_then_wait", context=True)
+def progress_then_wait(payload: Any, ctx: Any) -> str:
+    """Report progress and log, then wait for the test's gate file (at most a minute)."""
+    ctx.log.info("fetching %s", payload["url"])
+    ctx.progress(0.4, "downloading")
+    ctx.log.warning("slow server")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(payload["gate"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ctx.progress(1.0, "done")
+    return "fetched"
+
+
+@handler("big_output")
+def big_output(payload: Any) -> str:
+    return "x" * int(payload["bytes"])

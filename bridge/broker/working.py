@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -473,11 +473,26 @@ def publish(client: redis.Redis, namespace: str, report: Report) -> None:
     client.xadd(Keys(namespace).reports, report.encode())
 
 
-def publish_outcome(client: redis.Redis, report: Report, dispatch: Dispatch) -> None:
+def publish_many(client: redis.Redis, namespace: str, reports: Sequence[Report]) -> None:
+    """Append reports (a handler's progress and log lines) in one round trip."""
+    if not reports:
+        return
+    with client.pipeline(transaction=False) as pipe:
+        for report in reports:
+            pipe.xadd(Keys(namespace).reports, report.encode())
+        pipe.execute()
+
+
+def publish_outcome(
+    client: redis.Redis, report: Report, dispatch: Dispatch, notes: Sequence[Report] = ()
+) -> None:
     """The job's outcome, and its heartbeat dropped, in one round trip: the report is in
-    the stream before the heartbeat goes, so the dispatcher never sees neither."""
+    the stream before the heartbeat goes, so the dispatcher never sees neither. The
+    handler's last progress and log lines (``notes``) go just before the outcome."""
     keys = Keys(dispatch.namespace)
     with client.pipeline() as pipe:
+        for note in notes:
+            pipe.xadd(keys.reports, note.encode())
         pipe.xadd(keys.reports, report.encode())
         pipe.delete(keys.alive(dispatch.job_id))
         pipe.execute()

@@ -54,7 +54,7 @@ from bridge.store.runs import (
     run_tasks_of_status,
 )
 from bridge.store.schema import namespace, take_tokens
-from bridge.store.tables import EDGES, EVENTS, LEASES, SLOTS, TASKS
+from bridge.store.tables import EDGES, EVENTS, LEASES, LOGS, SLOTS, TASKS
 from bridge.store.tasks import (
     AddResult,
     Progress,
@@ -64,6 +64,7 @@ from bridge.store.tasks import (
     dependents_blocked_by,
     get_task,
     list_events,
+    list_logs,
     list_slots,
     list_tasks,
     progress,
@@ -77,6 +78,7 @@ __all__ = [
     "EDGES",
     "EVENTS",
     "LEASES",
+    "LOGS",
     "SLOTS",
     "TASKS",
     "AddResult",
@@ -118,6 +120,7 @@ __all__ = [
     "lease_clock",
     "lease_holder",
     "list_events",
+    "list_logs",
     "list_leases",
     "list_slots",
     "list_tasks",

@@ -13,7 +13,16 @@ from bridge.states import (
     sources_of,
 )
 from bridge.store.engine import TaskStateError, now
-from bridge.store.tables import EDGES, EVENTS, SLOTS, TASKS, _event, _record, _release_slots
+from bridge.store.tables import (
+    EDGES,
+    EVENTS,
+    LOGS,
+    SLOTS,
+    TASKS,
+    _event,
+    _record,
+    _release_slots,
+)
 from bridge.store.tasks import require_task
 
 
@@ -102,7 +111,7 @@ class Cleaned:
 
 
 def clean(*, session: Session) -> Cleaned:
-    """Delete every task, edge and event, and free every slot.
+    """Delete every task, edge, event and log line, and free every slot.
 
     Fencing tokens are not reset (they live in ``bridge_meta``): a report from an
     attempt started before the clean can never match a task added after it.
@@ -118,6 +127,7 @@ def clean(*, session: Session) -> Cleaned:
         )
     ]
     conn.execute(delete(EVENTS))
+    conn.execute(delete(LOGS))
     conn.execute(delete(EDGES))
     conn.execute(delete(TASKS))
     conn.execute(update(SLOTS).values(active=0, task_id=None, worker_id=None, updated_at=now()))

@@ -26,7 +26,7 @@ from sqlmodel import Session
 from bridge.settings import redact_text
 from bridge.store.archive import TABLES, Header, dump, read_rows
 from bridge.store.engine import StoreError, _where, writing
-from bridge.store.tables import EDGES, EVENTS, LEASES, META, SLOTS, TASKS
+from bridge.store.tables import EDGES, EVENTS, LEASES, LOGS, META, SLOTS, TASKS
 
 WRITE_CHUNK = 1000
 """Rows per bulk insert."""
@@ -104,7 +104,7 @@ def _load(conn: Connection, path: str | Path, *, mode: Mode, target: str) -> dic
     if mode is Mode.RESTORE:
         _require_empty(conn, target)
     elif mode is Mode.REPLACE:
-        for table in (EVENTS, EDGES, TASKS, SLOTS):
+        for table in (EVENTS, LOGS, EDGES, TASKS, SLOTS):
             conn.execute(delete(table))
     written = dict.fromkeys(TABLES, 0)
     meta: dict[str, str] = {}

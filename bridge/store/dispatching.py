@@ -1,5 +1,6 @@
 """Slots, claiming ready tasks, and re-dispatching lost ones."""
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,13 +10,15 @@ from sqlmodel import Session
 from bridge.messages import Dispatch, job_id_for
 from bridge.models import IN_FLIGHT_WHERE
 from bridge.recovery import Flight
+from bridge.reporting import inputs_problem
+from bridge.settings import DEFAULT_MAX_INPUTS
 from bridge.states import (
     IN_FLIGHT,
     TaskStatus,
 )
 from bridge.store import schema
 from bridge.store.engine import StoreError, now
-from bridge.store.tables import SLOTS, TASKS, _chunks, _event, _record
+from bridge.store.tables import SLOTS, TASKS, _chunks, _event, _record, _release_slots
 
 
 def reset_slots(*, session: Session, slots: int) -> list[str]:
@@ -62,7 +65,8 @@ def reset_slots(*, session: Session, slots: int) -> list[str]:
 
 
 _READY_SQL = (
-    "SELECT id, kind, payload, timeout, attempts, queue FROM tasks{hint}"
+    "SELECT id, kind, payload, timeout, attempts, queue, local_id, run, max_attempts"
+    " FROM tasks{hint}"
     " WHERE status = 'available' AND pending_deps = 0"
     " AND (not_before IS NULL OR not_before <= :now)"
     " ORDER BY priority DESC, seq LIMIT :limit"
@@ -84,7 +88,13 @@ def _ready_query(session: Session) -> Any:
     return _READY["sqlite" if dialect == "sqlite" else "other"]
 
 
-def claim_ready(*, session: Session, slots: int, max_output: int = 1024 * 1024) -> list[Dispatch]:
+def claim_ready(
+    *,
+    session: Session,
+    slots: int,
+    max_output: int = 1024 * 1024,
+    max_inputs: int = DEFAULT_MAX_INPUTS,
+) -> list[Dispatch]:
     """Move ready tasks into free slots as ``queued``: priority first, then age.
 
     At most ``slots`` tasks are ever in flight: after ``--slots`` is lowered, tasks
@@ -102,7 +112,9 @@ def claim_ready(*, session: Session, slots: int, max_output: int = 1024 * 1024) 
     ready = conn.execute(_ready_query(session), {"now": at, "limit": len(free)}).all()
     if not ready:
         return []
-    dispatches = _new_attempts(session, ready, max_output)
+    dispatches = _new_attempts(session, ready, max_output, max_inputs)
+    if not dispatches:  # every ready task failed at dispatch (inputs too large)
+        return []
     _mark_queued(session, dispatches, ["available"] * len(dispatches), at, "dispatched", None)
     conn.execute(
         update(SLOTS)
@@ -113,8 +125,27 @@ def claim_ready(*, session: Session, slots: int, max_output: int = 1024 * 1024) 
     return dispatches
 
 
-def _new_attempts(session: Session, rows: Sequence[Any], max_output: int) -> list[Dispatch]:
-    """One new attempt per row, each with a fresh fencing token in its job id."""
+def _new_attempts(
+    session: Session,
+    rows: Sequence[Any],
+    max_output: int,
+    max_inputs: int = DEFAULT_MAX_INPUTS,
+    sources: Sequence[str] | None = None,
+) -> list[Dispatch]:
+    """One new attempt per row, each with a fresh fencing token in its job id and its
+    dependencies' outputs as inputs. A row whose inputs exceed ``max_inputs`` gets no
+    attempt: it fails here, in this transaction, saying which dependency is largest."""
+    inputs, too_large = _gather_inputs(session, {r.id: r.run for r in rows}, max_inputs)
+    if too_large:
+        states = sources or ["available"] * len(rows)
+        _fail_unsendable(
+            session,
+            [(r, source) for r, source in zip(rows, states, strict=True) if r.id in too_large],
+            too_large,
+        )
+        rows = [r for r in rows if r.id not in too_large]
+    if not rows:
+        return []
     namespace = schema.namespace(session=session)
     first = schema.take_tokens(session=session, count=len(rows))
     return [
@@ -128,9 +159,108 @@ def _new_attempts(session: Session, rows: Sequence[Any], max_output: int) -> lis
             queue=r.queue,
             namespace=namespace,
             max_output=max_output,
+            inputs=inputs.get(r.id),
+            run=r.run,
+            local_id=r.local_id,
+            max_attempts=r.max_attempts,
         )
         for n, r in enumerate(rows)
     ]
+
+
+_INPUTS = (
+    "SELECT e.task_id AS task_id, d.id AS id, d.local_id AS local_id, d.run AS run,"
+    " d.output AS output"
+    " FROM task_edges e JOIN tasks d ON d.id = e.depends_on WHERE e.task_id IN ({ids})"
+)
+"""Every dependency's output of a claim batch, one query per chunk of ids (the edge
+table's primary key starts with ``task_id``): a 1,000-input fan-in costs one indexed
+range read, not a query per dependency."""
+
+
+def _gather_inputs(
+    session: Session, runs: dict[str, str | None], limit: int
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """``(inputs by task, why by task for those whose inputs are too large)``, for the
+    tasks ``runs`` names (task id -> its run).
+
+    An input is named as the dependent's graph wrote it: a dependency of the same run
+    by its id in the graph (``local_id``), one of another run by its stored id."""
+    conn = session.connection()
+    found: dict[str, list[tuple[str, str | None]]] = {}
+    for chunk in _chunks(list(runs)):
+        names = ", ".join(f":i{n}" for n in range(len(chunk)))
+        params = {f"i{n}": task_id for n, task_id in enumerate(chunk)}
+        for row in conn.execute(text(_INPUTS.format(ids=names)), params):
+            same_run = row.local_id is not None and row.run == runs[row.task_id]
+            name = row.local_id if same_run else row.id
+            found.setdefault(row.task_id, []).append((name, row.output))
+    inputs: dict[str, dict[str, Any]] = {}
+    too_large: dict[str, str] = {}
+    for task_id, outputs in found.items():
+        problem = inputs_problem(
+            [(name, len(output.encode()) if output else 0) for name, output in outputs], limit
+        )
+        if problem is not None:
+            too_large[task_id] = problem
+            continue
+        inputs[task_id] = {name: _decoded(output) for name, output in outputs}
+    return inputs, too_large
+
+
+def _decoded(output: str | None) -> Any:
+    """An output as the handler returned it; text that is not JSON (a Task Coordinator
+    task's, or one cut to ``BRIDGE_MAX_OUTPUT``) is passed on as a string."""
+    if output is None:
+        return None
+    try:
+        return json.loads(output)
+    except ValueError:
+        return output
+
+
+def _fail_unsendable(
+    session: Session, rows: Sequence[tuple[Any, str]], why: dict[str, str]
+) -> None:
+    """Fail tasks that cannot be sent, at dispatch: no attempt, no job; a slot held by
+    an in-flight one (re-dispatch) is freed. ``bridge retry`` reopens them."""
+    at = now()
+    changed = (
+        session.connection()
+        .execute(
+            update(TASKS)
+            .where(
+                TASKS.c.id == bindparam("b_id"),
+                TASKS.c.attempts == bindparam("b_prev"),
+                TASKS.c.status == bindparam("b_src"),
+            )
+            .values(
+                status="failed",
+                error=bindparam("b_error"),
+                completed_at=at,
+                updated_at=at,
+                not_before=None,
+                progress=None,
+                progress_message=None,
+                note="failed at dispatch: its inputs cannot travel with its job",
+            ),
+            [
+                {"b_id": r.id, "b_prev": r.attempts, "b_src": source, "b_error": why[r.id]}
+                for r, source in rows
+            ],
+        )
+        .rowcount
+    )
+    if changed != len(rows):
+        raise StoreError(f"dispatch raced: {changed} of {len(rows)} tasks changed")
+    _release_slots(session, [r.id for r, _ in rows], at)
+    _record(
+        session,
+        [
+            _event(r.id, source, "failed", r.attempts, at, f"failed at dispatch: {why[r.id]}")
+            for r, source in rows
+        ],
+    )
 
 
 def _mark_queued(
@@ -142,6 +272,8 @@ def _mark_queued(
     note: str | None,
 ) -> None:
     """Commit ``queued`` for a new attempt, each task guarded on its status and attempt."""
+    if not dispatches:
+        return
     stmt = (
         update(TASKS)
         .where(
@@ -159,6 +291,8 @@ def _mark_queued(
             worker=None,
             started_at=None,
             note=note,
+            progress=None,
+            progress_message=None,
         )
     )
     params = [
@@ -214,7 +348,12 @@ def in_flight(*, session: Session) -> list[Flight]:
 
 
 def redispatch(
-    *, session: Session, tasks: Sequence[Flight], reason: str, max_output: int = 1024 * 1024
+    *,
+    session: Session,
+    tasks: Sequence[Flight],
+    reason: str,
+    max_output: int = 1024 * 1024,
+    max_inputs: int = DEFAULT_MAX_INPUTS,
 ) -> list[Dispatch]:
     """A new attempt for in-flight tasks whose job was lost; the old attempt is fenced off
     (its job id, and so its token, is no longer the task's)."""
@@ -231,6 +370,9 @@ def redispatch(
                 TASKS.c.status,
                 TASKS.c.job_id,
                 TASKS.c.queue,
+                TASKS.c.local_id,
+                TASKS.c.run,
+                TASKS.c.max_attempts,
             ).where(TASKS.c.id.in_(chunk))
         )
     }
@@ -240,9 +382,15 @@ def redispatch(
         if row is None or row.job_id != t.job_id or TaskStatus(row.status) not in IN_FLIGHT:
             continue  # resolved meanwhile
         rows.append(row)
-    dispatches = _new_attempts(session, rows, max_output) if rows else []
+    dispatches = (
+        _new_attempts(session, rows, max_output, max_inputs, [r.status for r in rows])
+        if rows
+        else []
+    )
     if dispatches:
-        _mark_queued(session, dispatches, [r.status for r in rows], now(), reason, reason)
+        source = {r.id: r.status for r in rows}
+        sources = [source[d.task_id] for d in dispatches]
+        _mark_queued(session, dispatches, sources, now(), reason, reason)
     return dispatches
 
 

@@ -30,7 +30,7 @@ from sqlmodel import Session
 
 from bridge.defaults import PRUNE_CHUNK, PRUNE_READ_CHUNK
 from bridge.states import TaskStatus
-from bridge.store.tables import EDGES, EVENTS, SLOTS, TASKS, _chunks
+from bridge.store.tables import EDGES, EVENTS, LOGS, SLOTS, TASKS, _chunks
 
 FINISHED = tuple(s.value for s in (TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED))
 
@@ -199,6 +199,7 @@ def prune_batch(
     conn = session.connection()
     for ids in _chunks(going):
         conn.execute(delete(EVENTS).where(EVENTS.c.task_id.in_(ids)))
+        conn.execute(delete(LOGS).where(LOGS.c.task_id.in_(ids)))
         conn.execute(
             delete(EDGES).where(or_(EDGES.c.task_id.in_(ids), EDGES.c.depends_on.in_(ids)))
         )

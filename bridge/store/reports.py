@@ -7,19 +7,28 @@ UPDATE is guarded on the status and the job (the fencing token) the decision was
 made from, so a change made meanwhile by someone else aborts the whole batch.
 """
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 from sqlmodel import Session
 
+from bridge.defaults import MAX_LOG_LINE, MAX_LOG_LINES
 from bridge.messages import Report, truncate
-from bridge.states import IN_FLIGHT, ReportKind, TaskStatus, decide_report
+from bridge.states import (
+    IN_FLIGHT,
+    NOTE_KINDS,
+    ReportKind,
+    TaskStatus,
+    decide_report,
+    note_counts,
+)
 from bridge.store.engine import StoreError, now, stamp
 from bridge.store.locks import lock_dependency_counts
-from bridge.store.tables import TASKS, _chunks, _event, _record, _release_slots
+from bridge.store.tables import LOGS, TASKS, _chunks, _event, _record, _release_slots
 
 _GUARD = " WHERE id = :id AND status = :source AND job_id = :job"
 _STARTED = text(
@@ -47,6 +56,12 @@ _UNBLOCK = text(
     "UPDATE tasks SET pending_deps = pending_deps - 1"
     " WHERE id IN (SELECT task_id FROM task_edges WHERE depends_on = :dep)"
 )
+_PROGRESS = text(
+    "UPDATE tasks SET progress = :progress, progress_message = :message"
+    " WHERE id = :id AND job_id = :job AND status IN ('queued', 'working')"
+)
+"""Before the outcomes of the batch: a note was kept only while its attempt was in
+flight, which the task was when the batch began (outcomes only ever leave flight)."""
 _ORDER = (_STARTED, _SUCCEEDED, _RETRYING, _FAILED)
 """Execution order: a task's start always precedes its outcome within one batch."""
 
@@ -77,12 +92,17 @@ def apply_reports(
     slot_workers: list[dict[str, Any]] = []
     done: list[str] = []
     released: list[str] = []
+    progress: dict[str, dict[str, Any]] = {}
+    log_rows: list[dict[str, Any]] = []
     for report, folded in _with_folded_starts(reports):
         current = state.get(report.task_id)
         if current is None:
             results.append(Applied(report, None, "unknown task"))
             continue
         status = TaskStatus(current["status"])
+        if report.kind in NOTE_KINDS:
+            results.append(_note(report, status, current, progress, log_rows, max_output))
+            continue
         decision = decide_report(
             status=status,
             task_attempt=current["attempts"],
@@ -164,6 +184,10 @@ def apply_reports(
             released.append(report.task_id)
         results.append(Applied(report, decision.target, decision.reason))
 
+    if progress:
+        conn.execute(_PROGRESS, list(progress.values()))
+    if log_rows:
+        conn.execute(insert(LOGS), log_rows)
     for statement in _ORDER:
         rows = writes[statement]
         if rows and conn.execute(statement, rows).rowcount != len(rows):
@@ -179,6 +203,61 @@ def apply_reports(
         conn.execute(_UNBLOCK, [{"dep": task_id} for task_id in done])
     _record(session, events)
     return results
+
+
+def _note(
+    report: Report,
+    status: TaskStatus,
+    current: dict[str, Any],
+    progress: dict[str, dict[str, Any]],
+    log_rows: list[dict[str, Any]],
+    max_output: int,
+) -> Applied:
+    """Keep a progress or log report of the task's own attempt; drop any other quietly."""
+    if not note_counts(
+        status=status, task_job=current["job_id"], report_job=report.job_id, kind=report.kind
+    ):
+        return Applied(report, None, f"{report.kind.value} of another attempt, dropped")
+    if report.kind is ReportKind.PROGRESS:
+        message = None if report.message is None else truncate(report.message, 1000)
+        progress[report.task_id] = {
+            "id": report.task_id,
+            "job": report.job_id,
+            "progress": report.progress,
+            "message": message,
+        }
+        return Applied(report, None, "progress noted")
+    lines = _log_lines(report.lines)
+    if lines is None:
+        return Applied(report, None, "log lines that are not a list of [at, level, message]")
+    for at, level, message in lines[: MAX_LOG_LINES + 1]:
+        log_rows.append(
+            {
+                "task_id": report.task_id,
+                "attempt": report.attempt,
+                "at": at[:26],
+                "level": level[:20],
+                "message": truncate(message, min(max_output, MAX_LOG_LINE)),
+            }
+        )
+    return Applied(report, None, "log lines kept")
+
+
+def _log_lines(text_value: str | None) -> list[tuple[str, str, str]] | None:
+    try:
+        lines = json.loads(text_value or "")
+    except ValueError:
+        return None
+    if not isinstance(lines, list):
+        return None
+    kept = []
+    for line in lines:
+        if not (
+            isinstance(line, list) and len(line) == 3 and all(isinstance(v, str) for v in line)
+        ):
+            return None
+        kept.append((line[0], line[1], line[2]))
+    return kept
 
 
 def _with_folded_starts(reports: Sequence[Report]) -> list[tuple[Report, bool]]:

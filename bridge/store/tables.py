@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, update
 from sqlmodel import Session
 
-from bridge.models import Lease, Meta, Task, TaskEdge, TaskEvent, WorkerSlot
+from bridge.models import Lease, Meta, Task, TaskEdge, TaskEvent, TaskLog, WorkerSlot
 
 TASKS = Task.__table__
 
@@ -18,6 +18,9 @@ EVENTS = TaskEvent.__table__
 
 
 SLOTS = WorkerSlot.__table__
+
+
+LOGS = TaskLog.__table__
 
 
 LEASES = Lease.__table__

@@ -12,7 +12,7 @@ from sqlmodel import Session
 
 from bridge import graph
 from bridge.graph import GraphError, TaskSpec
-from bridge.models import Task, TaskEvent, WorkerSlot
+from bridge.models import Task, TaskEvent, TaskLog, WorkerSlot
 from bridge.states import (
     FINISHED_BADLY,
     IN_FLIGHT,
@@ -20,7 +20,7 @@ from bridge.states import (
 )
 from bridge.store.engine import TaskStateError, now, stamp
 from bridge.store.locks import lock_dependency_counts
-from bridge.store.tables import EDGES, EVENTS, SLOTS, TASKS, _chunks, _event, _record
+from bridge.store.tables import EDGES, EVENTS, LOGS, SLOTS, TASKS, _chunks, _event, _record
 
 
 def declared_dependencies(raw: str | None) -> list[str] | str:
@@ -193,6 +193,14 @@ def list_events(
         query = query.where(EVENTS.c.task_id == task_id)
     if after is not None:
         query = query.where(EVENTS.c.id > after)
+    return list(session.execute(query).scalars())
+
+
+def list_logs(*, session: Session, task_id: str, attempt: int | None = None) -> list[TaskLog]:
+    """A task's ``ctx.log`` lines in the order they were kept (one attempt, or all)."""
+    query = select(TaskLog).where(LOGS.c.task_id == task_id).order_by(LOGS.c.id)
+    if attempt is not None:
+        query = query.where(LOGS.c.attempt == attempt)
     return list(session.execute(query).scalars())
 
 

@@ -14,10 +14,11 @@ import json
 import traceback
 from typing import Any
 
-from bridge.broker.working import current_job, publish_outcome, utc_now
+from bridge.broker.working import current_job, publish_many, publish_outcome, utc_now
 from bridge.messages import Report, output_json, truncate
 from bridge.states import ReportKind
-from bridge.workers.registry import get_handler
+from bridge.workers.context import TaskContext
+from bridge.workers.registry import get_handler, wants_context
 
 
 class HandlerFailed(Exception):
@@ -29,10 +30,19 @@ def run_task(**fields: Any) -> None:
     client, dispatch, worker = current_job()
     started_at = utc_now()
     failure: Exception | None = None
+    context: TaskContext | None = None
     try:
-        value = get_handler(dispatch.kind)(
-            None if dispatch.payload is None else json.loads(dispatch.payload)
-        )
+        function = get_handler(dispatch.kind)
+        payload = None if dispatch.payload is None else json.loads(dispatch.payload)
+        if wants_context(dispatch.kind):
+            context = TaskContext(
+                dispatch,
+                lambda reports: publish_many(client, dispatch.namespace, reports),
+                worker,
+            )
+            value = function(payload, context)
+        else:
+            value = function(payload)
         report = Report(
             dispatch.task_id,
             dispatch.attempt,
@@ -56,6 +66,7 @@ def run_task(**fields: Any) -> None:
             at=utc_now(),
             started_at=started_at,
         )
-    publish_outcome(client, report, dispatch)
+    notes = context.close() if context is not None else []
+    publish_outcome(client, report, dispatch, notes)
     if failure is not None:
         raise HandlerFailed(report.error) from failure

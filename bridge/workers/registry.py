@@ -17,17 +17,22 @@ Handler = Callable[[Any], Any]
 F = TypeVar("F", bound=Handler)
 
 _HANDLERS: dict[str, Handler] = {}
+_WANTS_CONTEXT: set[str] = set()
+"""Kinds whose handler was registered with ``context=True``: called ``f(payload, ctx)``."""
 
 
 class HandlerError(BridgeError, LookupError):
     """No handler is registered for a task's kind, or a handler module will not load."""
 
 
-def handler(name: str) -> Callable[[F], F]:
+def handler(name: str, *, context: bool = False) -> Callable[[F], F]:
     """Register a function as the handler of tasks of kind ``name``.
 
     The function takes the task's JSON payload (``None`` when there is none) and
-    returns a JSON-serialisable value, stored as the task's output.
+    returns a JSON-serialisable value, stored as the task's output. With
+    ``context=True`` it is called ``f(payload, ctx)``: ``ctx`` (a
+    ``bridge.workers.context.TaskContext``) holds the task's id, run, attempt, its
+    dependencies' outputs (``ctx.inputs``), ``ctx.progress(...)`` and ``ctx.log``.
     """
     if not name or not isinstance(name, str):
         raise ValueError("a handler needs a non-empty name")
@@ -40,6 +45,10 @@ def handler(name: str) -> Callable[[F], F]:
                 f" ({existing.__module__}.{existing.__qualname__})"
             )
         _HANDLERS[name] = function
+        if context:
+            _WANTS_CONTEXT.add(name)
+        else:
+            _WANTS_CONTEXT.discard(name)
         return function
 
     return register
@@ -52,6 +61,11 @@ def get_handler(name: str) -> Handler:
     except KeyError:
         known = ", ".join(sorted(_HANDLERS)) or "none"
         raise HandlerError(f"no handler registered for kind {name!r} (known: {known})") from None
+
+
+def wants_context(name: str) -> bool:
+    """Whether the handler of ``name`` is called with the task's context."""
+    return name in _WANTS_CONTEXT
 
 
 def is_registered(name: str) -> bool:

@@ -82,10 +82,39 @@ def test_dispatch_round_trips_through_json_like_the_job_kwargs_do():
     assert Dispatch.decode(json.loads(json.dumps(DISPATCH.encode()))) == DISPATCH
 
 
+def test_a_dispatch_carries_its_inputs_run_and_graph_id_to_the_worker():
+    # Given an attempt of a scoped fan-in with its dependencies' outputs
+    fan_in = Dispatch(
+        task_id="r1/total",
+        attempt=1,
+        job_id="bridge-r1_total-ns-t3",
+        kind="sum",
+        payload=None,
+        timeout=None,
+        namespace="0123456789ab",
+        inputs={"a": 1, "b": [1, "é"], "c": None},
+        run="r1",
+        local_id="total",
+        max_attempts=4,
+    )
+    # When it crosses Redis as RQ's JSON
+    back = Dispatch.decode(json.loads(json.dumps(fan_in.encode())))
+    # Then the worker sees exactly what was sent
+    assert back == fan_in
+    assert back.graph_id == "total"
+
+
+def test_an_inputs_object_with_a_non_text_key_is_refused():
+    fields = {**DISPATCH.encode(), "inputs": {1: "x"}}
+    with pytest.raises(MessageError, match="inputs"):
+        Dispatch.decode(fields)
+
+
 @pytest.mark.parametrize(
     "change",
     [
-        {"v": 2},
+        {"v": 1},
+        {"v": 3},
         {"v": None},
         {"attempt": "2"},
         {"attempt": True},
@@ -95,6 +124,12 @@ def test_dispatch_round_trips_through_json_like_the_job_kwargs_do():
         {"namespace": "../../etc"},
         {"namespace": ""},
         {"extra": "field"},
+        {"inputs": ["a"]},
+        {"inputs": "{}"},
+        {"run": 5},
+        {"local_id": ["a"]},
+        {"max_attempts": "1"},
+        {"max_attempts": None},
     ],
 )
 def test_a_job_that_is_not_exactly_a_dispatch_is_refused(change):
@@ -132,6 +167,17 @@ FULL = Report(
         Report("t", 1, ReportKind.STARTED, "j1", worker="w"),
         Report("t", 2, ReportKind.SUCCEEDED, "j2", output='{"a": [1, "é"]}'),
         Report("t", 1, ReportKind.SUCCEEDED, "j1", output=""),
+        Report(
+            "t",
+            1,
+            ReportKind.PROGRESS,
+            "j1",
+            "w",
+            at="2024-01-02 03:04:05.000006",
+            progress=0.25,
+            message="downloading ✓",
+        ),
+        Report("t", 1, ReportKind.LOG, "j1", "w", lines='[["2024", "INFO", "hi\\n"]]'),
     ],
 )
 def test_report_round_trips_through_str_fields(report):
@@ -173,6 +219,18 @@ def test_encode_omits_absent_fields():
 def test_decoding_garbage_raises_report_error(fields):
     with pytest.raises(ReportError, match="not a report"):
         Report.decode(fields)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "half"])
+def test_a_progress_that_is_not_a_finite_number_is_not_a_report(value):
+    fields = {"task_id": "t", "attempt": "1", "kind": "progress", "job_id": "j", "progress": value}
+    with pytest.raises(ReportError, match="not a report"):
+        Report.decode(fields)
+
+
+def test_a_progress_out_of_range_is_clamped():
+    fields = {"task_id": "t", "attempt": "1", "kind": "progress", "job_id": "j", "progress": "7"}
+    assert Report.decode(fields).progress == 1.0
 
 
 def test_report_error_is_a_value_error():

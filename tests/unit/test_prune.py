@@ -114,6 +114,27 @@ def test_events_and_edges_of_pruned_tasks_go_with_them(app):
     assert [e[0] for e in events] == ["d"]
 
 
+def test_log_lines_of_pruned_tasks_go_with_them(app):
+    # Given an old finished task and a live one, each with ctx.log lines
+    add(app, ("old",), ("live",))
+    finish(app, ["old"])
+    with store.writing(app.engine) as session:
+        session.execute(
+            text(
+                "INSERT INTO task_logs (task_id, attempt, at, level, message)"
+                " VALUES (:t, 1, :at, 'INFO', 'line')"
+            ),
+            [{"t": "old", "at": OLD}, {"t": "live", "at": OLD}],
+        )
+    # When pruning
+    prune(app)
+    # Then the pruned task's lines went with it (the foreign key would refuse otherwise)
+    with store.reading(app.engine) as session:
+        kept = session.execute(text("SELECT task_id FROM task_logs")).all()
+    assert ids(app) == {"live"}
+    assert [k[0] for k in kept] == ["live"]
+
+
 def test_a_task_held_by_a_worker_slot_keeps_its_graph(app):
     # Given an old finished graph one of whose tasks a slot row still names
     add(app, ("a",), ("b", "a"), ("z",))

@@ -6,6 +6,7 @@ moving ``not_before`` with plain SQL.
 """
 
 import hashlib
+import json
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -13,10 +14,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, select, text
 
-from bridge import store
+from bridge import graph, store
 from bridge.graph import GraphError, TaskSpec, make_spec
 from bridge.messages import Report, job_id_for
-from bridge.states import BACKOFF_BASE, ReportKind, TaskStatus
+from bridge.states import BACKOFF_BASE, TRANSITION_KINDS, ReportKind, TaskStatus
 from bridge.store import dispatching
 
 pytestmark = pytest.mark.both_backends
@@ -514,7 +515,7 @@ def test_failure_after_done_changes_nothing(engine):
     assert_only_an_ignored_event(engine, "a", lambda: apply(engine, failed(d)))
 
 
-@pytest.mark.parametrize("kind", list(ReportKind))
+@pytest.mark.parametrize("kind", TRANSITION_KINDS)
 def test_late_report_after_cancel_changes_nothing(engine, kind):
     # Given a task cancelled while its job was in flight
     add(engine, t("a"), t("b", "a"))
@@ -531,7 +532,7 @@ def test_late_report_after_cancel_changes_nothing(engine, kind):
     assert status(engine, "a") == "cancelled"
 
 
-@pytest.mark.parametrize("kind", list(ReportKind))
+@pytest.mark.parametrize("kind", TRANSITION_KINDS)
 def test_stale_attempt_report_changes_nothing(engine, kind):
     # Given a task whose job was lost and re-sent as attempt 2
     add(engine, t("a"), t("b", "a"))
@@ -1178,3 +1179,185 @@ def test_any_driver_error_in_a_write_is_one_line_not_a_traceback(pg_url):
         assert "SELECT" not in str(caught.value)
     finally:
         engine.dispose()
+# --------------------------------------------------------------------------- handler context
+
+
+def progress_report(d, fraction, message=None) -> Report:
+    return Report(
+        d.task_id,
+        d.attempt,
+        ReportKind.PROGRESS,
+        d.job_id,
+        "w1",
+        progress=fraction,
+        message=message,
+    )
+
+
+def log_report(d, *messages) -> Report:
+    lines = [["2026-01-01 00:00:00.000000", "INFO", m] for m in messages]
+    return Report(d.task_id, d.attempt, ReportKind.LOG, d.job_id, "w1", lines=json.dumps(lines))
+
+
+def finish_with(engine, outputs: dict) -> None:
+    """Claim what is ready (exactly the tasks of ``outputs``) and finish each with its output."""
+    claimed = claim(engine)
+    assert {d.task_id for d in claimed} == set(outputs)
+    apply(engine, *[succeeded(d, output=json.dumps(outputs[d.task_id])) for d in claimed])
+
+
+def test_a_fan_in_carries_each_dependencys_output_under_its_id(engine):
+    # Given two done dependencies (one returned None) and a fan-in over them
+    add(engine, t("a"), t("b"))
+    finish_with(engine, {"a": {"n": [1, 2]}, "b": None})
+    add(engine, t("sum", "a", "b"), t("lone"))
+    # When the fan-in is claimed
+    (fan_in, lone) = claim(engine)
+    # Then its job carries the outputs, decoded, keyed by dependency id
+    assert fan_in.task_id == "sum"
+    assert fan_in.inputs == {"a": {"n": [1, 2]}, "b": None}
+    assert (fan_in.run, fan_in.local_id, fan_in.max_attempts) == (
+        row(engine, "sum")["run"],
+        None,
+        1,
+    )
+    # And a task without dependencies carries none
+    assert lone.inputs is None
+
+
+def test_in_a_scoped_run_inputs_and_the_task_are_named_as_the_graph_wrote_them(engine):
+    # Given a task of another run and a scoped run whose fan-in waits on both
+    add(engine, t("shared"))
+    finish_with(engine, {"shared": 5})
+    specs = graph.scope([t("a"), t("total", "a", "shared", max_attempts=3)], "r1")
+    with store.writing(engine) as session:
+        store.create_run(session=session, name="r1", scoped=1)
+        store.add_tasks(session=session, specs=specs, run="r1")
+    finish_with(engine, {"r1/a": "x"})
+    # When the fan-in is claimed
+    (d,) = claim(engine)
+    # Then its own dependency is named as written, the other run's by its stored id
+    assert d.task_id == "r1/total"
+    assert (d.local_id, d.run, d.max_attempts) == ("total", "r1", 3)
+    assert d.inputs == {"a": "x", "shared": 5}
+
+
+def test_an_output_that_is_not_json_is_passed_on_as_text(engine):
+    add(engine, t("a"), t("b", "a"))
+    finish_with(engine, {"a": 1})
+    write_sql(engine, "UPDATE tasks SET output = 'not json' WHERE id = 'a'")
+    (d,) = claim(engine)
+    assert d.inputs == {"a": "not json"}
+
+
+def test_a_fan_in_whose_inputs_are_too_large_fails_at_dispatch_naming_the_largest(engine):
+    # Given a fan-in whose dependencies' outputs total more than the limit
+    add(engine, t("small"), t("big"))
+    finish_with(engine, {"small": "x" * 100, "big": "y" * 1000})
+    add(engine, t("sum", "small", "big"), t("other"))
+    # When the dispatcher claims with a limit of 1000 bytes
+    with store.writing(engine) as session:
+        claimed = store.claim_ready(session=session, slots=SLOTS, max_inputs=1000)
+    # Then the fan-in is not sent: it failed, saying which dependency is largest
+    assert [d.task_id for d in claimed] == ["other"]
+    task = row(engine, "sum")
+    assert task["status"] == "failed"
+    assert task["attempts"] == 0 and task["job_id"] is None
+    assert task["error"] == (
+        "inputs too large: 'big' is 1002 bytes, the inputs total 1104,"
+        " over the limit of 1000 (BRIDGE_MAX_INPUTS)"
+    )
+    assert events(engine, "sum")[-1][:2] == ("available", "failed")
+    assert events(engine, "sum")[-1][3].startswith("failed at dispatch: inputs too large")
+    # And it holds no slot
+    assert set(busy_slots(engine)) == {"other"}
+    # And once the limit allows it, retry sends it
+    with store.writing(engine) as session:
+        store.retry_task(session=session, task_id="sum")
+    with store.writing(engine) as session:
+        (d,) = store.claim_ready(session=session, slots=SLOTS, max_inputs=2000)
+    assert d.task_id == "sum" and set(d.inputs) == {"small", "big"}
+
+
+def test_a_claim_whose_every_ready_task_is_too_large_sends_nothing(engine):
+    add(engine, t("big"))
+    finish_with(engine, {"big": "y" * 100})
+    add(engine, t("sum", "big"))
+    with store.writing(engine) as session:
+        assert store.claim_ready(session=session, slots=SLOTS, max_inputs=10) == []
+    assert status(engine, "sum") == "failed"
+    assert busy_slots(engine) == {}
+
+
+def test_progress_counts_only_for_the_current_attempt_in_flight_and_a_new_attempt_clears_it(
+    engine,
+):
+    # Given a running task
+    add(engine, t("a"))
+    (d1,) = claim(engine)
+    apply(engine, started(d1))
+    # When its handler reports progress
+    (noted,) = apply(engine, progress_report(d1, 0.4, "downloading"))
+    # Then it is kept, with no audit row and no change of state
+    assert noted.target is None
+    assert (row(engine, "a")["progress"], row(engine, "a")["progress_message"]) == (
+        0.4,
+        "downloading",
+    )
+    assert events(engine, "a")[-1][:2] == ("queued", "working")
+    # When the job is lost and sent again, the new attempt starts with no progress
+    with store.writing(engine) as session:
+        (d2,) = store.redispatch(
+            session=session, tasks=store.in_flight(session=session), reason="job lost"
+        )
+    assert row(engine, "a")["progress"] is None
+    # And the old attempt's progress is dropped quietly
+    before = events(engine, "a")
+    apply(engine, progress_report(d1, 0.9, "stale"))
+    assert row(engine, "a")["progress"] is None
+    assert events(engine, "a") == before
+    # And a progress arriving in the same batch before the outcome is kept
+    apply(engine, progress_report(d2, 1.0, "last"), succeeded(d2))
+    assert (row(engine, "a")["status"], row(engine, "a")["progress"]) == ("done", 1.0)
+    # And one arriving after the task finished changes nothing
+    apply(engine, progress_report(d2, 0.1, "late"))
+    assert row(engine, "a")["progress_message"] == "last"
+
+
+def test_log_lines_are_kept_with_their_attempt_for_the_tasks_own_job_only(engine):
+    add(engine, t("a", max_attempts=2))
+    (d1,) = claim(engine)
+    apply(engine, log_report(d1, "one", "two"), failed(d1))
+    write_sql(engine, "UPDATE tasks SET not_before = NULL WHERE id = 'a'")
+    (d2,) = claim(engine)
+    # A line of the first attempt arriving now is not the task's own job any more
+    apply(engine, log_report(d1, "stale"), log_report(d2, "three"), succeeded(d2))
+    apply(engine, log_report(d2, "after the outcome, same job"))
+    with store.reading(engine) as session:
+        lines = store.list_logs(session=session, task_id="a")
+        second = store.list_logs(session=session, task_id="a", attempt=2)
+    assert [(x.attempt, x.level, x.message) for x in lines] == [
+        (1, "INFO", "one"),
+        (1, "INFO", "two"),
+        (2, "INFO", "three"),
+        (2, "INFO", "after the outcome, same job"),
+    ]
+    assert [x.message for x in second] == ["three", "after the outcome, same job"]
+
+
+def test_malformed_log_lines_are_dropped(engine):
+    add(engine, t("a"))
+    (d,) = claim(engine)
+    bad = Report("a", 1, ReportKind.LOG, d.job_id, lines='{"not": "a list"}')
+    (result,) = apply(engine, bad)
+    assert result.target is None and "not a list" in result.reason
+    assert sql(engine, "SELECT count(*) FROM task_logs") == [(0,)]
+
+
+def test_clean_deletes_log_lines_too(engine):
+    add(engine, t("a"))
+    (d,) = claim(engine)
+    apply(engine, log_report(d, "x"))
+    with store.writing(engine) as session:
+        store.clean(session=session)
+    assert sql(engine, "SELECT count(*) FROM task_logs") == [(0,)]
