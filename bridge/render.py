@@ -220,3 +220,16 @@ def status_view(status: Status) -> Group:
             )
         parts.append(workers)
     return Group(*parts)
+
+
+# ---- route: pools
+
+
+def pools_table(pools: Sequence[Any]) -> Table:
+    """``bridge pool list``: each pool's slots, tasks in flight and ready tasks waiting."""
+    table = Table()
+    for column in ("pool", "slots", "in flight", "waiting"):
+        table.add_column(column, overflow="fold")
+    for pool in pools:
+        table.add_row(_text(pool.name), str(pool.slots), str(pool.in_flight), str(pool.waiting))
+    return table

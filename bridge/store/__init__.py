@@ -38,7 +38,16 @@ from bridge.store.leases import (
     list_leases,
     release_lease,
 )
+from bridge.store.pools import (
+    PoolError,
+    PoolInfo,
+    delete_pool,
+    list_pools,
+    pool_info,
+    set_pool,
+)
 from bridge.store.preflight import is_task_coordinator
+from bridge.store.queues import queue_backlog
 from bridge.store.reports import Applied, apply_reports
 from bridge.store.runs import RUNS, auto_run_name, create_run, get_run, run_exists
 from bridge.store.schema import namespace, take_tokens
@@ -118,4 +127,12 @@ __all__ = [
     "take_tokens",
     "task_dict",
     "writing",
+    # ---- route: pools and queues
+    "PoolError",
+    "PoolInfo",
+    "delete_pool",
+    "list_pools",
+    "pool_info",
+    "queue_backlog",
+    "set_pool",
 ]
