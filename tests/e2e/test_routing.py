@@ -6,6 +6,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pytest
 from helpers import bridge, bridge_json, query, statuses, wait_until
 
 
@@ -20,6 +21,7 @@ def most_at_once(intervals: list[tuple[float, float]]) -> int:
     return peak
 
 
+@pytest.mark.both_backends
 def test_a_pool_of_two_is_never_exceeded_while_twenty_tasks_compete(
     tmp_path, bridge_env, db_url, processes
 ):
