@@ -876,6 +876,13 @@ class PoolList:
 
 
 def pool_list(app: App) -> PoolList:
-    """Every pool with its slots, its tasks in flight and its ready tasks waiting."""
+    """Every pool with its slots, its tasks in flight and its ready tasks waiting; a
+    warning for each pool that ready tasks name but that does not exist."""
     with store.reading(app.engine) as session:
-        return PoolList(store.list_pools(session=session))
+        result = PoolList(store.list_pools(session=session))
+        missing = store.missing_pools(session=session)
+    result.warnings += [
+        f"pool {name!r} does not exist and {n} ready task(s) wait for it: bridge pool set {name} N"
+        for name, n in missing.items()
+    ]
+    return result

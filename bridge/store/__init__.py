@@ -43,6 +43,7 @@ from bridge.store.pools import (
     PoolInfo,
     delete_pool,
     list_pools,
+    missing_pools,
     pool_info,
     set_pool,
 )
@@ -132,6 +133,7 @@ __all__ = [
     "PoolInfo",
     "delete_pool",
     "list_pools",
+    "missing_pools",
     "pool_info",
     "queue_backlog",
     "set_pool",

@@ -111,6 +111,18 @@ def list_pools(*, session: Session) -> list[PoolInfo]:
     return [PoolInfo(r.name, r.slots, busy.get(r.name, 0), waiting.get(r.name, 0)) for r in rows]
 
 
+def missing_pools(*, session: Session) -> dict[str, int]:
+    """Pools that ready tasks name but that do not exist, with how many tasks wait on each."""
+    rows = session.connection().execute(
+        select(TASKS.c.pool, func.count())
+        .where(TASKS.c.status == "available", TASKS.c.pending_deps == 0)
+        .where(TASKS.c.pool.is_not(None), TASKS.c.pool.not_in(select(POOLS.c.name)))
+        .group_by(TASKS.c.pool)
+        .order_by(TASKS.c.pool)
+    )
+    return {pool: int(n) for pool, n in rows}
+
+
 def pool_info(*, session: Session, name: str) -> PoolInfo | None:
     """One pool with its counts, or None when no pool has that name."""
     row = session.connection().execute(select(POOLS.c.slots).where(POOLS.c.name == name)).first()

@@ -81,7 +81,12 @@ def test_pool_delete_warns_how_many_tasks_now_wait(app):
     assert deleted.warnings == [
         "1 task(s) of pool 'api' now wait until it is set again (bridge pool set api N)"
     ]
-    assert usecases.pool_list(app).pools == []
+    # And listing the pools says which pool ready tasks wait for in vain
+    listed = usecases.pool_list(app)
+    assert listed.pools == []
+    assert listed.warnings == [
+        "pool 'api' does not exist and 1 ready task(s) wait for it: bridge pool set api N"
+    ]
 
 
 def test_status_and_show_name_a_queue_no_live_worker_serves(live_app):
