@@ -228,6 +228,10 @@ SINGLE_TASK_OPTIONS = {
     "priority": "--priority",
     "max_attempts": "--max-attempts",
     "timeout": "--timeout",
+    "queue": "--queue",
+    "pool": "--pool",
+    "not_before": "--not-before",
+    "delay": "--delay",
 }
 """Options that describe one task: a graph file describes its own, so with ``--file``
 they are refused rather than silently ignored."""
@@ -246,6 +250,32 @@ they are refused rather than silently ignored."""
 @click.option("--max-attempts", type=int, default=1, help="Attempts before it fails for good.")
 @click.option("--timeout", type=float, help="Seconds an attempt may run (fractions allowed).")
 @click.option("--run", "run_name", metavar="NAME", help=RUN_HELP)
+@click.option(
+    "--queue",
+    "task_queue",
+    metavar="NAME",
+    callback=lambda _ctx, param, value: _name(param, value),
+    help="The RQ queue its job goes to; workers listen with --queue. [default: BRIDGE_QUEUE]",
+)
+@click.option(
+    "--pool",
+    metavar="NAME",
+    callback=lambda _ctx, param, value: _name(param, value),
+    help="The pool that bounds how many such tasks run at once (bridge pool set).",
+)
+@click.option(
+    "--not-before",
+    "not_before",
+    metavar="TIME",
+    callback=lambda _ctx, _param, value: _not_before(value),
+    help="Not dispatched before this ISO 8601 time (no zone: UTC).",
+)
+@click.option(
+    "--delay",
+    metavar="DURATION",
+    callback=lambda _ctx, _param, value: _delay(value),
+    help="Not dispatched until this long after it is added: seconds, or 90s, 10m, 2h.",
+)
 @click.pass_context
 def add(
     ctx: click.Context,
@@ -259,6 +289,10 @@ def add(
     max_attempts: int,
     timeout: float | None,
     run_name: str | None,
+    task_queue: str | None,
+    pool: str | None,
+    not_before: str | None,
+    delay: str | None,
 ) -> None:
     """Add one task, or a whole graph with --file (all or nothing)."""
     context = ctx.find_object(Context)
@@ -269,7 +303,8 @@ def add(
         given = [
             flag
             for name, flag in SINGLE_TASK_OPTIONS.items()
-            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+            if ctx.get_parameter_source(_PARAMETER.get(name, name))
+            is not click.core.ParameterSource.DEFAULT
         ]
         if given:
             fail(f"{', '.join(given)} cannot be used with --file (the file describes each task)", 2)
@@ -287,10 +322,53 @@ def add(
                 priority=priority,
                 max_attempts=max_attempts,
                 timeout=timeout,
+                queue=task_queue,
+                pool=pool,
+                not_before=not_before,
+                delay=delay,
             )
         ]
     added = add_specs(context, specs, skip_same=False, run=run_name)
     click.echo(f"added {len(added.added)} task(s)" + (f" to run {run_name!r}" if run_name else ""))
+
+
+_PARAMETER = {"queue": "task_queue"}
+"""Parameters of ``add`` whose Python name differs from the option's (``--queue`` is
+also the group's option, the default queue)."""
+
+
+def _name(param: click.Parameter, value: str | None) -> str | None:
+    """A queue or pool name: it becomes part of Redis keys and log lines."""
+    if value is not None and not graph.QUEUE_NAME.fullmatch(value):
+        raise click.BadParameter(
+            f"{value!r} must be 1 to 100 letters, digits or _.:-", param_hint=f"'{param.opts[0]}'"
+        )
+    return value
+
+
+def _not_before(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            graph.parse_time(value)
+        except graph.GraphError:
+            raise click.BadParameter(
+                f"{value!r} is not an ISO 8601 time (e.g. 2026-12-01T02:00:00Z; no zone: UTC)",
+                param_hint="'--not-before'",
+            ) from None
+    return value
+
+
+def _delay(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            graph.parse_delay(value)
+        except graph.GraphError:
+            raise click.BadParameter(
+                f"{value!r} is not a duration (seconds, or a number with s, m, h or d:"
+                " 90s, 10m, 2h)",
+                param_hint="'--delay'",
+            ) from None
+    return value
 
 
 def _read(path: str) -> str:
@@ -537,13 +615,27 @@ def dispatch(context: Context, once: bool) -> None:
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
 @click.option("--name", help="Worker name (default: RQ's).")
 @click.option("--quiet", is_flag=True, help="Log warnings only.")
+@click.option(
+    "--queue",
+    "queues",
+    metavar="NAME",
+    multiple=True,
+    callback=lambda _ctx, param, values: tuple(_name(param, v) for v in values),
+    help="A queue to listen to (repeatable; in this order of preference). [default: BRIDGE_QUEUE]",
+)
 @pass_context
-def worker(context: Context, burst: bool, name: str | None, quiet: bool) -> None:
-    """Run an RQ worker on the bridge queue."""
+def worker(
+    context: Context, burst: bool, name: str | None, quiet: bool, queues: tuple[str, ...]
+) -> None:
+    """Run an RQ worker on the bridge queue (or the queues given with --queue)."""
     from bridge.workers.process import run_worker
 
     run_worker(
-        context.settings, burst=burst, name=name, logging_level="WARNING" if quiet else "INFO"
+        context.settings,
+        burst=burst,
+        name=name,
+        logging_level="WARNING" if quiet else "INFO",
+        queues=list(dict.fromkeys(queues)) or None,
     )
 
 
@@ -895,6 +987,51 @@ def adopt(context: Context, kind: str, yes: bool) -> None:
     result = usecases.adopt(context, kind)
     for line in result.summary():
         click.echo(line)
+    warn_all(result.warnings)
+
+
+# ------------------------------------------------------------------------------ pool
+
+
+@cli.group("pool")
+def pool() -> None:
+    """Pools: how many tasks naming a pool (add --pool NAME) may be in flight at once."""
+
+
+@pool.command("set", context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("slots", type=int)
+@pass_context
+def pool_set(context: Context, name: str, slots: int) -> None:
+    """Create pool NAME with SLOTS slots, or change its slots (0 holds its tasks back)."""
+    context.create = True  # pools may be set up before the first task is added
+    result = usecases.pool_set(context, name, slots)
+    verb = "created" if result.created else "set"
+    click.echo(f"pool {name!r} {verb}: {slots} slot(s)")
+    warn_all(result.warnings)
+
+
+@pool.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def pool_list(context: Context, as_json: bool) -> None:
+    """Every pool: its slots, its tasks in flight and its ready tasks waiting."""
+    result = usecases.pool_list(context)
+    if as_json:
+        render.print_json(result.to_list())
+    else:
+        render.console().print(render.pools_table(result.pools))
+    warn_all(result.warnings)
+
+
+@pool.command("delete")
+@click.argument("name")
+@pass_context
+def pool_delete(context: Context, name: str) -> None:
+    """Delete pool NAME; refused while tasks of it are in flight. Its other tasks wait
+    until a pool of that name is set again."""
+    result = usecases.pool_delete(context, name)
+    click.echo(f"pool {name!r} deleted")
     warn_all(result.warnings)
 
 

@@ -219,6 +219,8 @@ class Dispatcher:
         reports = [m.report for m in incoming if m.report is not None]
         if len(reports) < len(incoming) or any(r.kind not in _NO_CLAIM for r in reports):
             self._claim_wanted = True  # a nudge (tasks added or retried) or a freed slot
+        if len(reports) < len(incoming):
+            self._wakeup_stale = True  # tasks added may be delayed: look up the next wake-up
         if self._wakeup is not None and self._wakeup <= datetime.now(timezone.utc):
             # A retry backoff ended: claim once for it. The next wake-up time is looked up
             # again only when something changes, so a backoff that ends while every slot

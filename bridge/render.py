@@ -268,3 +268,14 @@ def runs_table(views: Sequence[Any]) -> Table:
 
 
 RUN_STATE_STYLES = {"done": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}
+# ---- route: pools
+
+
+def pools_table(pools: Sequence[Any]) -> Table:
+    """``bridge pool list``: each pool's slots, tasks in flight and ready tasks waiting."""
+    table = Table()
+    for column in ("pool", "slots", "in flight", "waiting"):
+        table.add_column(column, overflow="fold")
+    for pool in pools:
+        table.add_row(_text(pool.name), str(pool.slots), str(pool.in_flight), str(pool.waiting))
+    return table

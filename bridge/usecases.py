@@ -224,7 +224,11 @@ def show_task(app: App, task_id: str) -> TaskView:
         task = store.require_task(session=session, task_id=task_id)
         deps = store.dependency_states(session=session, task_id=task_id)
         events = store.list_events(session=session, task_id=task_id)
-    return TaskView(task, deps, explain(task, deps), latest_failure(events))
+        pool = None
+        if task.pool is not None and task.status == "available":
+            pool = store.pool_info(session=session, name=task.pool)
+    why = _unserved_queue(app, task) or explain(task, deps, pool=pool)
+    return TaskView(task, deps, why, latest_failure(events))
 
 
 def latest_failure(events: Sequence[TaskEvent]) -> str | None:
@@ -254,8 +258,11 @@ def list_slots(app: App) -> list[WorkerSlot]:
         return store.list_slots(session=session)
 
 
-def explain(task: Task, dependencies: Sequence[tuple[str, str]]) -> str:
-    """One sentence on why the task is in its state (``bridge show``)."""
+def explain(
+    task: Task, dependencies: Sequence[tuple[str, str]], *, pool: "store.PoolInfo | None" = None
+) -> str:
+    """One sentence on why the task is in its state (``bridge show``). ``pool`` is the
+    task's pool as it stands (None: no pool of that name exists)."""
     if task.status == "available":
         bad = [dep for dep, status in dependencies if status in ("failed", "cancelled")]
         waiting = [dep for dep, status in dependencies if status != "done"]
@@ -265,8 +272,14 @@ def explain(task: Task, dependencies: Sequence[tuple[str, str]]) -> str:
             return f"blocked: dependency {', '.join(bad)} failed or was cancelled (bridge retry it)"
         if waiting:
             return f"waiting for {len(waiting)} dependency(ies): {', '.join(waiting[:5])}"
+        if task.not_before and task.attempts == 0:
+            return f"delayed until {task.not_before[:19]} UTC"
         if task.not_before:
             return task.note or f"retry backoff until {task.not_before[:19]} UTC"
+        if task.pool is not None:
+            waits_for_pool = _pool_wait(task.pool, pool)
+            if waits_for_pool:
+                return waits_for_pool
         return "ready: waiting for a free slot and a running dispatcher"
     if task.status == "queued":
         return task.note or "enqueued: waiting for a worker to pick it up"
@@ -374,6 +387,9 @@ class Status:
     workers: list[WorkerInfo] | None = None
     """RQ workers registered on the queue; None when Redis cannot be reached."""
     warnings: list[str] = field(default_factory=list)
+    unserved_queues: dict[str, int] = field(default_factory=dict)
+    """Queues that tasks wait on (queued or ready) and no live worker serves, with how
+    many tasks wait there (empty when Redis cannot be reached)."""
 
     @property
     def total(self) -> int:
@@ -403,6 +419,7 @@ def status(app: App, *, clock: float | None = None) -> Status:
         leases = store.list_leases(session=session, prefix=DISPATCHER_LEASE)
         counts = dict(store.progress(session=session).counts)
         slots = store.list_slots(session=session)
+        backlog = store.queue_backlog(session=session)
     result = Status(
         database=redact_url(app.settings.database_url),
         redis=redact_url(app.settings.redis_url),
@@ -425,8 +442,14 @@ def status(app: App, *, clock: float | None = None) -> Status:
         broker = app.broker()
         result.queue_depth = broker.queued_jobs(app.settings.queue)
         result.workers = broker.workers(app.settings.queue)
+        result.unserved_queues = unserved_queues(broker, backlog)
     except BrokerError as exc:
         result.warnings.append(f"{_redis_unreachable(app, exc)}; workers and queue not shown")
+    result.warnings += [
+        f"queue {queue!r}: {n} task(s) wait and no live worker serves that queue"
+        f" (start one: bridge worker --queue {queue})"
+        for queue, n in result.unserved_queues.items()
+    ]
     return result
 
 
@@ -1002,3 +1025,114 @@ def task_logs(app: App, task_id: str, *, attempt: int | None = None) -> TaskLogs
     with store.reading(app.engine) as session:
         store.require_task(session=session, task_id=task_id)
         return TaskLogs(task_id, store.list_logs(session=session, task_id=task_id, attempt=attempt))
+
+
+# ---- route: queues, pools and delays
+# A task names its queue (which workers may run it) and its pool (how many like it may
+# run at once). Pools live in the database; which workers serve a queue only Redis knows.
+
+
+def unserved_queues(broker: Broker, backlog: dict[str, int]) -> dict[str, int]:
+    """Of the queues with tasks waiting (``backlog``), those no live worker serves."""
+    waiting = {queue: n for queue, n in backlog.items() if n}
+    if not waiting:
+        return {}
+    live = broker.live_workers(waiting)
+    return {queue: n for queue, n in sorted(waiting.items()) if not live.get(queue)}
+
+
+def _unserved_queue(app: App, task: Task) -> str | None:
+    """Why a queued task is not picked up, when the reason is that no worker listens on
+    its queue; None otherwise, or when Redis cannot be asked (``show`` still answers)."""
+    if task.status != "queued":
+        return None
+    try:
+        live = app.broker().live_workers([task.queue])
+    except BrokerError:
+        return None
+    if live.get(task.queue):
+        return None
+    return f"queued on {task.queue!r}: no live worker serves that queue"
+
+
+def _pool_wait(name: str, pool: "store.PoolInfo | None") -> str | None:
+    """Why a ready task of pool ``name`` waits on its pool, if it does."""
+    if pool is None:
+        return f"pool {name!r} does not exist: bridge pool set {name} N"
+    if pool.in_flight >= pool.slots:
+        return f"waiting for a slot of pool {name!r} ({pool.in_flight} of {pool.slots} in flight)"
+    return None
+
+
+MAX_POOL_SLOTS = 1_000_000
+"""More slots than any pool could use: a typo, not a bound."""
+
+
+def _pool_name(name: str) -> str:
+    if not graph.QUEUE_NAME.fullmatch(name):
+        raise graph.GraphError(f"pool name {name!r} must be 1 to 100 letters, digits or _.:-")
+    return name
+
+
+@dataclass
+class PoolSet:
+    name: str
+    slots: int
+    created: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+def pool_set(app: App, name: str, slots: int) -> PoolSet:
+    """Create a pool or change its slots; 0 holds its tasks back. A lowered bound lets
+    the tasks already in flight finish; the dispatcher is woken to use a raised one."""
+    _pool_name(name)
+    if isinstance(slots, bool) or not 0 <= slots <= MAX_POOL_SLOTS:
+        raise graph.GraphError(f"pool slots must be a whole number from 0 to {MAX_POOL_SLOTS}")
+    with store.writing(app.engine) as session:
+        created = store.set_pool(session=session, name=name, slots=slots)
+    app.nudge()
+    return PoolSet(name, slots, created)
+
+
+@dataclass
+class PoolDeleted:
+    name: str
+    waiting: int
+    """Ready tasks of the pool, which now wait until a pool of that name is set again."""
+    warnings: list[str] = field(default_factory=list)
+
+
+def pool_delete(app: App, name: str) -> PoolDeleted:
+    """Delete a pool; refused while tasks of it are in flight. Its tasks not yet
+    dispatched stay, and wait (as for any pool that does not exist) until it is set again."""
+    with store.writing(app.engine) as session:
+        waiting = store.delete_pool(session=session, name=name)
+    result = PoolDeleted(name, waiting)
+    if waiting:
+        result.warnings.append(
+            f"{waiting} task(s) of pool {name!r} now wait until it is set again"
+            f" (bridge pool set {name} N)"
+        )
+    return result
+
+
+@dataclass
+class PoolList:
+    pools: list[store.PoolInfo]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [asdict(pool) for pool in self.pools]
+
+
+def pool_list(app: App) -> PoolList:
+    """Every pool with its slots, its tasks in flight and its ready tasks waiting; a
+    warning for each pool that ready tasks name but that does not exist."""
+    with store.reading(app.engine) as session:
+        result = PoolList(store.list_pools(session=session))
+        missing = store.missing_pools(session=session)
+    result.warnings += [
+        f"pool {name!r} does not exist and {n} ready task(s) wait for it: bridge pool set {name} N"
+        for name, n in missing.items()
+    ]
+    return result

@@ -78,3 +78,21 @@ def progress_then_wait(payload: Any, ctx: Any) -> str:
 @handler("big_output")
 def big_output(payload: Any) -> str:
     return "x" * int(payload["bytes"])
+# ---- route: pools
+
+
+@handler("timed_span")
+def timed_span(payload: Any) -> str:
+    """Write ``start <name> <time>``, sleep, write ``end <name> <time>`` (one file per run,
+    whole lines): tests rebuild how many ran at once from the times."""
+    payload = payload or {}
+    folder = payload["dir"]
+    name = payload.get("name", "?")
+    with open(os.path.join(folder, f"{name}.{os.getpid()}.{time.time_ns()}"), "w") as out:
+        out.write(f"start {name} {time.time():.6f}\n")
+        out.flush()
+        time.sleep(float(payload.get("sleep", 0.3)))
+        out.write(f"end {name} {time.time():.6f}\n")
+        out.flush()
+        os.fsync(out.fileno())
+    return "spanned"

@@ -390,6 +390,13 @@ class Broker:
             )
         return infos
 
+    @translated
+    def live_workers(self, queues: Iterable[str]) -> dict[str, int]:
+        """How many RQ workers listen on each queue, alive as far as RQ knows (one whose
+        registration expired, killed or gone, is not counted): a queue with none holds
+        its jobs until a ``bridge worker --queue NAME`` starts."""
+        return {name: len(Worker.all(queue=self.queue(name))) for name in sorted(set(queues))}
+
 
 def _job_data(job: Dispatch) -> Any:
     return Queue.prepare_data(

@@ -39,7 +39,17 @@ from bridge.store.leases import (
     list_leases,
     release_lease,
 )
+from bridge.store.pools import (
+    PoolError,
+    PoolInfo,
+    delete_pool,
+    list_pools,
+    missing_pools,
+    pool_info,
+    set_pool,
+)
 from bridge.store.preflight import is_task_coordinator
+from bridge.store.queues import queue_backlog
 from bridge.store.reports import Applied, apply_reports
 from bridge.store.runs import (
     RUNS,
@@ -140,4 +150,13 @@ __all__ = [
     "take_tokens",
     "task_dict",
     "writing",
+    # ---- route: pools and queues
+    "PoolError",
+    "PoolInfo",
+    "delete_pool",
+    "list_pools",
+    "missing_pools",
+    "pool_info",
+    "queue_backlog",
+    "set_pool",
 ]

@@ -1,10 +1,11 @@
 """Slots, claiming ready tasks, and re-dispatching lost ones."""
 
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, text, update
+from sqlalchemy import TextClause, bindparam, delete, insert, select, text, update
 from sqlmodel import Session
 
 from bridge.messages import Dispatch, job_id_for
@@ -16,7 +17,7 @@ from bridge.states import (
     IN_FLIGHT,
     TaskStatus,
 )
-from bridge.store import schema
+from bridge.store import pools, schema
 from bridge.store.engine import StoreError, now
 from bridge.store.tables import SLOTS, TASKS, _chunks, _event, _record, _release_slots
 
@@ -65,27 +66,49 @@ def reset_slots(*, session: Session, slots: int) -> list[str]:
 
 
 _READY_SQL = (
-    "SELECT id, kind, payload, timeout, attempts, queue, local_id, run, max_attempts"
+    "SELECT id, kind, payload, timeout, attempts, queue, pool, local_id, run, max_attempts"
     " FROM tasks{hint}"
     " WHERE status = 'available' AND pending_deps = 0"
-    " AND (not_before IS NULL OR not_before <= :now)"
+    " AND (not_before IS NULL OR not_before <= :now){extra}"
     " ORDER BY priority DESC, seq LIMIT :limit"
 )
 """Literal status and count so the partial index ``ix_tasks_ready`` applies. SQLite
 needs the hint: without ANALYZE statistics its planner may scan every available task,
 blocked ones included, and sort them on every tick. PostgreSQL takes the partial index
-by itself (no index on ``status`` alone competes with it)."""
+by itself (no index on ``status`` alone competes with it). ``{extra}`` holds further
+conditions (`` AND ...``), such as which pools may take a task."""
+
+NO_POOL = "pool IS NULL"
+"""With no pool open (none exists, or all are full), only tasks naming no pool are ready."""
+OPEN_POOLS = "(pool IS NULL OR pool IN :open_pools)"
+
+
+@functools.lru_cache(maxsize=64)
+def _ready_statement(
+    dialect: str, conditions: tuple[str, ...] = (), expanding: tuple[str, ...] = ()
+) -> TextClause:
+    """The ready query with ``conditions`` added to its WHERE; ``expanding`` names the
+    parameters that take a list (``IN :name``)."""
+    hint = " INDEXED BY ix_tasks_ready" if dialect == "sqlite" else ""
+    extra = "".join(f" AND {condition}" for condition in conditions)
+    statement = text(_READY_SQL.format(hint=hint, extra=extra))
+    if expanding:
+        statement = statement.bindparams(*(bindparam(name, expanding=True) for name in expanding))
+    return statement
 
 
 _READY = {
-    "sqlite": text(_READY_SQL.format(hint=" INDEXED BY ix_tasks_ready")),
-    "other": text(_READY_SQL.format(hint="")),
+    "sqlite": _ready_statement("sqlite", (NO_POOL,)),
+    "other": _ready_statement("other", (NO_POOL,)),
 }
+"""The ready query when no pool is open (the common case, and the one plans are checked on)."""
 
 
-def _ready_query(session: Session) -> Any:
-    dialect = session.get_bind().dialect.name
-    return _READY["sqlite" if dialect == "sqlite" else "other"]
+def _ready_query(
+    session: Session, conditions: tuple[str, ...] = (), expanding: tuple[str, ...] = ()
+) -> TextClause:
+    dialect = "sqlite" if session.get_bind().dialect.name == "sqlite" else "other"
+    return _ready_statement(dialect, conditions, expanding)
 
 
 def claim_ready(
@@ -99,8 +122,10 @@ def claim_ready(
 
     At most ``slots`` tasks are ever in flight: after ``--slots`` is lowered, tasks
     already in flight above the new limit finish first and nothing new is claimed
-    until the count is below it. Work is proportional to the tasks claimed (partial
-    index), never to history.
+    until the count is below it. A task naming a pool is claimed only while its pool
+    has a free slot (see ``bridge.store.pools``); a full pool never holds back the
+    other ready tasks. Work is proportional to the tasks claimed (partial index),
+    never to history.
     """
     conn = session.connection()
     rows = conn.execute(select(SLOTS.c.slot, SLOTS.c.active).order_by(SLOTS.c.slot)).all()
@@ -109,7 +134,7 @@ def claim_ready(
     if not free:
         return []
     at = now()
-    ready = conn.execute(_ready_query(session), {"now": at, "limit": len(free)}).all()
+    ready = _ready_rows(session, at, len(free))
     if not ready:
         return []
     dispatches = _new_attempts(session, ready, max_output, max_inputs)
@@ -123,6 +148,45 @@ def claim_ready(
         [{"b_slot": slot, "b_task": d.task_id} for slot, d in zip(free, dispatches, strict=False)],
     )
     return dispatches
+
+
+def _ready_rows(
+    session: Session,
+    at: str,
+    limit: int,
+    conditions: Sequence[str] = (),
+    params: dict[str, Any] | None = None,
+    expanding: Sequence[str] = (),
+) -> list[Any]:
+    """Up to ``limit`` ready tasks in claim order, within their pools' free slots.
+
+    Full pools are left out in SQL. When a pool fills up within this batch, its further
+    rows are passed over and the query runs again without it, so the rest of the ready
+    tasks still fill the free slots; each round closes a pool, so rounds are few.
+    ``conditions`` (with ``params``; ``expanding`` names list parameters) narrow what is
+    ready further."""
+    free = pools.capacity(session=session)
+    taken: list[Any] = []
+    seen: set[str] = set()
+    while True:
+        open_pools = sorted(name for name, n in free.items() if n > 0)
+        pool_condition = OPEN_POOLS if open_pools else NO_POOL
+        wanted = limit - len(taken) + len(seen)
+        query = _ready_query(
+            session,
+            (*conditions, pool_condition),
+            (*expanding, "open_pools") if open_pools else tuple(expanding),
+        )
+        values = {**(params or {}), "now": at, "limit": wanted}
+        if open_pools:
+            values["open_pools"] = open_pools
+        rows = session.connection().execute(query, values).all()
+        fresh = [r for r in rows if r.id not in seen]
+        more, passed = pools.within_pools(fresh, free, limit - len(taken))
+        taken += more
+        seen.update(r.id for r in more)
+        if len(taken) >= limit or not passed or len(rows) < wanted:
+            return taken
 
 
 def _new_attempts(
@@ -395,7 +459,8 @@ def redispatch(
 
 
 def next_wakeup(*, session: Session) -> str | None:
-    """The earliest end of a retry backoff, so the dispatcher wakes up for it."""
+    """The earliest end of a retry backoff or of a delay (``not_before``, ``delay``), so
+    the dispatcher wakes up for it."""
     hint = " INDEXED BY ix_tasks_backoff" if session.get_bind().dialect.name == "sqlite" else ""
     return session.execute(
         text(

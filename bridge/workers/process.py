@@ -1,4 +1,4 @@
-"""``bridge worker``: a bridge RQ worker on the bridge queue, JSON jobs only."""
+"""``bridge worker``: a bridge RQ worker on the bridge queue (or the named ones), JSON jobs only."""
 
 from bridge.broker import connect
 from bridge.broker.working import serve_jobs
@@ -20,18 +20,21 @@ def run_worker(
     name: str | None = None,
     logging_level: str = "INFO",
     max_jobs: int | None = None,
+    queues: list[str] | None = None,
 ) -> bool:
     """Run until stopped (SIGTERM/SIGINT: warm shutdown, the current job finishes).
 
     Handler modules are imported first so a bad ``BRIDGE_HANDLERS`` fails now,
-    not when the first task arrives. Returns whether any job ran.
+    not when the first task arrives. ``queues`` (default: the ``queue`` setting) are
+    listened to in order: a job of the first one with work is taken first. Returns
+    whether any job ran.
     """
     load_modules(settings.handlers)
     client = connect(settings.redis_url, resilient=True)
     try:
         return serve_jobs(
             client,
-            [settings.queue],
+            queues or [settings.queue],
             mode=settings.worker_class,
             name=name,
             burst=burst,

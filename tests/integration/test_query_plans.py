@@ -18,7 +18,9 @@ from bridge.store.dispatching import _READY_SQL
 HISTORY = 3_000
 BACKLOG = 500
 QUERIES = {
-    "ix_tasks_ready": _READY_SQL.format(hint="").replace(":now", "'9999'").replace(":limit", "64"),
+    "ix_tasks_ready": _READY_SQL.format(hint="", extra="")
+    .replace(":now", "'9999'")
+    .replace(":limit", "64"),
     "ix_tasks_in_flight": f"SELECT id FROM tasks WHERE {IN_FLIGHT_WHERE}",
     "ix_tasks_backoff": "SELECT min(not_before) FROM tasks"
     " WHERE status = 'available' AND not_before IS NOT NULL",
