@@ -41,6 +41,17 @@ from bridge.store.leases import (
 from bridge.store.preflight import is_task_coordinator
 from bridge.store.reports import Applied, apply_reports
 from bridge.store.runs import RUNS, auto_run_name, create_run, get_run, run_exists
+from bridge.store.schedules import (
+    SCHEDULES,
+    Fired,
+    add_schedule,
+    due_schedules,
+    fire_schedule,
+    get_schedule,
+    list_schedules,
+    next_schedule_due,
+    remove_schedule,
+)
 from bridge.store.schema import namespace, take_tokens
 from bridge.store.tables import EDGES, EVENTS, LEASES, SLOTS, TASKS
 from bridge.store.tasks import (
@@ -118,4 +129,13 @@ __all__ = [
     "take_tokens",
     "task_dict",
     "writing",
+    "SCHEDULES",
+    "Fired",
+    "add_schedule",
+    "due_schedules",
+    "fire_schedule",
+    "get_schedule",
+    "list_schedules",
+    "next_schedule_due",
+    "remove_schedule",
 ]
