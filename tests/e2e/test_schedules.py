@@ -180,6 +180,9 @@ def test_a_schedule_every_minute_makes_exactly_one_run_per_due_time_through_kill
     runs = scheduled_runs(db_url)
     assert [name for name, _ in runs] == [f"every-{d:%Y%m%dT%H%M}Z" for d in due], runs
     assert [utc(d.replace(" ", "T") + "Z") for _, d in runs] == due
+    # And the second was made late, by the successor that took the lease over
+    [(made,)] = query(db_url, "SELECT created_at FROM runs WHERE name = ?", runs[1][0])
+    assert utc(made.replace(" ", "T") + "Z") > due[1] + timedelta(seconds=5)
     # And each was created once: one "created run" line per run over every dispatcher's log
     logs = "".join(p.read_text(errors="replace") for p in tmp_path.glob("proc-*-dispatch.log"))
     for name, _ in runs:
