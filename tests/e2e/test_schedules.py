@@ -183,10 +183,10 @@ def test_a_schedule_every_minute_makes_exactly_one_run_per_due_time_through_kill
     # And the second was made late, by the successor that took the lease over
     [(made,)] = query(db_url, "SELECT created_at FROM runs WHERE name = ?", runs[1][0])
     assert utc(made.replace(" ", "T") + "Z") > due[1] + timedelta(seconds=5)
-    # And each was created once: one "created run" line per run over every dispatcher's log
+    # And no dispatcher tried to make a run that was already there (a killed holder may
+    # die between its commit and its log line, so its own "created run" line can be lost)
     logs = "".join(p.read_text(errors="replace") for p in tmp_path.glob("proc-*-dispatch.log"))
-    for name, _ in runs:
-        assert logs.count(f"created run {name!r}") == 1, (name, logs[-6000:])
+    assert "not created" not in logs and "Traceback" not in logs, logs[-6000:]
     # And every task of the three runs ran to done
     wait_until(
         lambda: query(db_url, "SELECT count(*) FROM tasks WHERE status = 'done'")[0][0] == 6,
