@@ -586,7 +586,7 @@ def schedule_add(
     view = result.schedule
     click.echo(
         f"schedule {name!r} added: {view.tasks} task(s), next due"
-        f" {view.next_due[:16]} UTC ({render._zoned(view.next_due, view.timezone)})"
+        f" {view.next_due[:16]} UTC ({render.zoned_time(view.next_due, view.timezone)})"
     )
     warn_all(result.warnings)
 

@@ -225,7 +225,7 @@ def status_view(status: Status) -> Group:
 # ------------------------------------------------------------------------------ schedules
 
 
-def _zoned(moment: str | None, zone: str) -> str:
+def zoned_time(moment: str | None, zone: str) -> str:
     """A store time in a schedule's zone: ``2026-11-28 03:00 CET``."""
     from bridge.schedules import parse_stamp, parse_zone
 
@@ -246,7 +246,7 @@ def schedules_table(views: Sequence[Any]) -> Table:
             _text(view.cron),
             _text(view.timezone),
             _text(view.next_due and view.next_due[:16]),
-            _text(_zoned(view.next_due, view.timezone)),
+            _text(zoned_time(view.next_due, view.timezone)),
             _text(view.last_due and view.last_due[:16]),
             "yes" if view.catch_up else "no",
             str(view.tasks),

@@ -2,6 +2,7 @@
 backends, and the dispatcher that fires it (real database, in-memory broker)."""
 
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -189,3 +190,37 @@ def test_a_dispatcher_without_the_lease_creates_no_run(app):
     dispatcher = Dispatcher(app.settings, app.engine, broker)
     dispatcher.tick(block=False)  # never took the lease
     assert runs_of(app, "every") == []
+
+
+def test_the_dispatcher_reads_the_earliest_due_time_once_not_every_tick(app, monkeypatch):
+    # Given a schedule due in an hour and a dispatcher holding the lease
+    due_schedule(app, minutes_ago=0)
+    later = datetime.now(UTC) + timedelta(hours=1)
+    with store.writing(app.engine) as session:
+        session.execute(store.SCHEDULES.update().values(next_due=store.stamp(later)))
+    with store.reading(app.engine) as session:
+        broker = MemoryBroker(namespace=store.namespace(session=session))
+    dispatcher = Dispatcher(app.settings, app.engine, broker)
+    dispatcher.start()
+    reads = []
+    original = store.next_schedule_due
+    monkeypatch.setattr(store, "next_schedule_due", lambda **kw: reads.append(1) or original(**kw))
+    # When it ticks a few times
+    for _ in range(5):
+        dispatcher.tick(block=False)
+    # Then it read the earliest due time once, not once per tick
+    assert len(reads) == 1
+
+
+def test_the_dispatcher_blocks_no_longer_than_until_the_next_due_time(app):
+    # Given a dispatcher with nothing to check for a while, and a schedule due in 0.3 s
+    due_schedule(app, minutes_ago=0)
+    soon = datetime.now(UTC) + timedelta(seconds=0.3)
+    with store.writing(app.engine) as session:
+        session.execute(store.SCHEDULES.update().values(next_due=store.stamp(soon)))
+    with store.reading(app.engine) as session:
+        broker = MemoryBroker(namespace=store.namespace(session=session))
+    dispatcher = Dispatcher(app.settings, app.engine, broker)
+    dispatcher._next_check = time.monotonic() + 60
+    # Then its blocking read of reports wakes up for the due time
+    assert dispatcher._block_seconds() <= 0.31
