@@ -30,6 +30,7 @@ def utc(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+@pytest.mark.both_backends
 def test_schedule_add_list_and_remove_through_the_cli(bridge_env, graph_file):
     # Given a nightly schedule in Berlin time
     added = bridge(
