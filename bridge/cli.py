@@ -779,6 +779,73 @@ def delete(context: Context, task_ids: tuple[str, ...], run_name: str | None, fo
     warn_all(result.warnings)
 
 
+# ------------------------------------------------------------------------------ schedule
+
+
+@cli.group("schedule")
+def schedule() -> None:
+    """Graphs submitted as a new run at each cron due time (by the dispatcher)."""
+
+
+@schedule.command("add")
+@click.argument("name")
+@click.option("--cron", "cron", required=True, metavar="EXPR", help="e.g. '0 2 * * *'.")
+@click.option(
+    "--file",
+    "file_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="A JSON list of task objects (kept now; later edits to the file do not count).",
+)
+@click.option(
+    "--timezone", "zone", default="UTC", show_default=True, help="IANA zone the cron reads in."
+)
+@click.option("--catch-up", is_flag=True, help="Create every missed run, not just the latest.")
+@pass_context
+def schedule_add(
+    context: Context, name: str, cron: str, file_path: str, zone: str, catch_up: bool
+) -> None:
+    """Add a schedule NAME: the dispatcher creates a run of FILE's graph at each due time."""
+    context.create = True
+    result = usecases.schedule_add(
+        context,
+        name,
+        cron,
+        _read(file_path),
+        timezone=zone,
+        catch_up=catch_up,
+        source=file_path,
+    )
+    view = result.schedule
+    click.echo(
+        f"schedule {name!r} added: {view.tasks} task(s), next due"
+        f" {view.next_due[:16]} UTC ({render.zoned_time(view.next_due, view.timezone)})"
+    )
+    warn_all(result.warnings)
+
+
+@schedule.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def schedule_list(context: Context, as_json: bool) -> None:
+    """List schedules with their next due time (UTC and local) and last due time."""
+    views = usecases.schedule_list(context)
+    if as_json:
+        render.print_json([v.to_dict() for v in views])
+    else:
+        render.console().print(render.schedules_table(views))
+
+
+@schedule.command("remove")
+@click.argument("name")
+@pass_context
+def schedule_remove(context: Context, name: str) -> None:
+    """Remove schedule NAME (the runs it created stay)."""
+    result = usecases.schedule_remove(context, name)
+    click.echo(f"schedule {name!r} removed")
+    warn_all(result.warnings)
+
+
 # ------------------------------------------------------------------------------- db
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from types import FrameType
 
-from bridge import store
+from bridge import schedules, store
 from bridge.broker import Broker, BrokerError, BrokerUnavailable, Withdrawal
 from bridge.defaults import (
     CHECK_EVERY,
@@ -103,6 +103,12 @@ class Dispatcher:
                 self.engine, self.settings.retention_seconds, self.settings.retention_every
             )
         """Pruning of old finished graphs (``BRIDGE_RETENTION``), a batch between ticks."""
+        self._schedule_due: datetime | None = None
+        self._schedules_stale = True
+        """The earliest due time of any schedule, looked up again when stale (once per
+        ``CHECK_EVERY``, and after each firing), never once per tick."""
+        self._broken_schedules: set[tuple[str, str]] = set()
+        """Schedules (name, due time) that could not be planned, logged once."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -227,6 +233,8 @@ class Dispatcher:
             # is busy does not turn into a claim on every tick.
             self._claim_wanted = True
             self._wakeup = None
+        if claim:
+            self._run_schedules()
         claiming = claim and self._claim_wanted and self._lease_valid()
         dispatches: list[Dispatch] = []
         if reports or claiming:
@@ -294,7 +302,75 @@ class Dispatcher:
         if self._wakeup is not None:
             until = (self._wakeup - datetime.now(timezone.utc)).total_seconds()
             wait = min(wait, max(0.0, until))
+        wait = min(wait, self._schedule_wait())
         return max(wait, 0.01)
+
+    # ------------------------------------------------------------------ schedules
+
+    def _schedule_wait(self) -> float:
+        """Seconds until the earliest schedule is due (one read of ``min(next_due)``
+        when stale), so the blocking read of reports wakes up for it."""
+        if self._schedules_stale:
+            with store.reading(self.engine) as session:
+                due = store.next_schedule_due(session=session)
+            self._schedule_due = None if due is None else _parse(due)
+            self._schedules_stale = False
+        if self._schedule_due is None:
+            return MAX_BLOCK
+        return max(0.0, (self._schedule_due - datetime.now(timezone.utc)).total_seconds())
+
+    def _run_schedules(self) -> None:
+        """Create the runs of every schedule whose due time has come, while we hold the
+        lease: each schedule in its own transaction (runs, their tasks and the schedule's
+        guarded advance together), so each due time makes its run exactly once, whoever
+        dispatches and however often it restarts."""
+        self._schedule_wait()  # the earliest due time, read again if stale
+        moment = datetime.now(timezone.utc)
+        if self._schedule_due is None or self._schedule_due > moment:
+            return
+        if not self._lease_valid():
+            return
+        with store.reading(self.engine) as session:
+            due = store.due_schedules(session=session, at=schedules.stamp(moment))
+        for row in due:
+            assert row.next_due is not None
+            try:
+                firing = schedules.plan(
+                    row.cron,
+                    row.timezone,
+                    due=_parse(row.next_due),
+                    now=moment,
+                    catch_up=bool(row.catch_up),
+                )
+            except schedules.ScheduleError as exc:  # a row edited by hand, say
+                if (row.name, row.next_due) not in self._broken_schedules:
+                    self._broken_schedules.add((row.name, row.next_due))
+                    log.error("schedule %r cannot be run: %s", row.name, exc)
+                continue
+            if firing is None or not self._lease_valid():
+                continue
+            with store.writing(self.engine) as session:
+                fired = store.fire_schedule(
+                    session=session,
+                    schedule=row,
+                    firing=firing,
+                    queue=self.settings.queue,
+                    max_payload=self.settings.max_output,
+                )
+            for name in fired.created:
+                log.info("schedule %r: created run %r", row.name, name)
+            for name, reason in fired.failed:
+                log.error("schedule %r: run %r not created: %s", row.name, name, reason)
+            if fired.advanced and firing.skipped:
+                log.warning(
+                    "schedule %r: passed over %d missed due time(s) (only the latest runs;"
+                    " a schedule added with --catch-up runs each)",
+                    row.name,
+                    firing.skipped,
+                )
+            if fired.created:
+                self._claim_wanted = True
+        self._schedules_stale = True
 
     # ------------------------------------------------------------------ recovery
 
@@ -304,6 +380,7 @@ class Dispatcher:
         self._next_check = time.monotonic() + CHECK_EVERY
         self._claim_wanted = True  # catch what no nudge announced (cancel, add without Redis)
         self._wakeup_stale = True
+        self._schedules_stale = True
         if not self._renew_lease():
             log.warning("lost the dispatcher lease; waiting to take it back")
             if not self._wait_for_lease(once=False):

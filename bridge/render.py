@@ -279,3 +279,35 @@ def pools_table(pools: Sequence[Any]) -> Table:
     for pool in pools:
         table.add_row(_text(pool.name), str(pool.slots), str(pool.in_flight), str(pool.waiting))
     return table
+
+
+# ------------------------------------------------------------------------------ schedules
+
+
+def zoned_time(moment: str | None, zone: str) -> str:
+    """A store time in a schedule's zone: ``2026-11-28 03:00 CET``."""
+    from bridge.schedules import parse_stamp, parse_zone
+
+    if moment is None:
+        return ""
+    return parse_stamp(moment).astimezone(parse_zone(zone)).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def schedules_table(views: Sequence[Any]) -> Table:
+    """``bridge schedule list``: ``usecases.ScheduleView`` rows."""
+    table = Table()
+    columns = ("name", "cron", "timezone", "next due (UTC)", "next due (local)", "last due (UTC)")
+    for column in (*columns, "catch-up", "tasks"):
+        table.add_column(column, overflow="fold")
+    for view in views:
+        table.add_row(
+            _text(view.name),
+            _text(view.cron),
+            _text(view.timezone),
+            _text(view.next_due and view.next_due[:16]),
+            _text(zoned_time(view.next_due, view.timezone)),
+            _text(view.last_due and view.last_due[:16]),
+            "yes" if view.catch_up else "no",
+            str(view.tasks),
+        )
+    return table

@@ -1011,6 +1011,8 @@ def wait(
         else:
             result.problems = runner.report_stuck(app.engine, targets)
     return result
+
+
 # ---- logs: what a handler logged through ctx.log
 
 
@@ -1136,3 +1138,146 @@ def pool_list(app: App) -> PoolList:
         for name, n in missing.items()
     ]
     return result
+
+
+# ------------------------------------------------------------------------------ schedules
+# (``bridge schedule add|list|remove``). The dispatcher creates the runs (at each due
+# time, exactly once): ``Dispatcher._run_schedules``, ``store.fire_schedule``.
+
+_UTC = timezone.utc
+"""(``schedule_add`` takes a ``timezone`` argument, which hides the module.)"""
+
+
+@dataclass
+class ScheduleView:
+    """A schedule as ``schedule list`` shows it; times are UTC store text."""
+
+    name: str
+    cron: str
+    timezone: str
+    catch_up: bool
+    next_due: str | None
+    last_due: str | None
+    created_at: str
+    tasks: int
+
+    def next_due_local(self) -> str | None:
+        """The next due time in the schedule's zone, ISO 8601 with its offset."""
+        return _local_iso(self.next_due, self.timezone)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "cron": self.cron,
+            "timezone": self.timezone,
+            "catch_up": self.catch_up,
+            "next_due": _utc_iso(self.next_due),
+            "next_due_local": self.next_due_local(),
+            "last_due": _utc_iso(self.last_due),
+            "last_due_local": _local_iso(self.last_due, self.timezone),
+            "created_at": _utc_iso(self.created_at),
+            "tasks": self.tasks,
+        }
+
+
+def _utc_iso(moment: str | None) -> str | None:
+    return None if moment is None else f"{moment[:10]}T{moment[11:19]}Z"
+
+
+def _local_iso(moment: str | None, zone: str) -> str | None:
+    from bridge import schedules
+
+    if moment is None:
+        return None
+    return schedules.parse_stamp(moment).astimezone(schedules.parse_zone(zone)).isoformat()
+
+
+def _schedule_view(row: Any) -> ScheduleView:
+    import json
+
+    return ScheduleView(
+        name=row.name,
+        cron=row.cron,
+        timezone=row.timezone,
+        catch_up=bool(row.catch_up),
+        next_due=row.next_due,
+        last_due=row.last_due,
+        created_at=row.created_at,
+        tasks=len(json.loads(row.graph)),
+    )
+
+
+@dataclass
+class ScheduleAdded:
+    schedule: ScheduleView
+    warnings: list[str] = field(default_factory=list)
+
+
+def schedule_add(
+    app: App,
+    name: str,
+    cron: str,
+    tasks: str | Sequence[TaskSpec],
+    *,
+    timezone: str = "UTC",
+    catch_up: bool = False,
+    source: str = "file",
+    clock: datetime | None = None,
+) -> ScheduleAdded:
+    """Keep a graph (a graph file's text, or specs) to submit as a new run at each due time.
+
+    The name, the cron expression, the zone and the graph are all checked now; the first
+    due time is the first one after now. Tasks without a queue get this app's queue.
+    """
+    import json
+
+    from bridge import schedules
+
+    schedules.check_name(name)
+    cron = schedules.parse_cron(cron)
+    schedules.parse_zone(timezone)
+    if isinstance(tasks, str):
+        specs = graph.parse_graph(tasks, source)
+        raw = json.loads(tasks)
+    else:
+        specs = list(tasks)
+        raw = [schedules.spec_mapping(spec) for spec in specs]
+    if not specs:
+        raise schedules.ScheduleError(f"{source} has no tasks: nothing to schedule")
+    inside = graph.unique_ids(specs)
+    outside = sorted({d for spec in specs for d in spec.dependencies if d not in inside})
+    warnings = _unknown_kinds(app.settings, [s.kind for s in specs])
+    first = schedules.next_due(cron, timezone, clock or datetime.now(_UTC))
+    with store.writing(app.engine) as session:
+        existing = [d for d in outside if store.get_task(session=session, task_id=d) is not None]
+        graph.check_new_graph(specs, existing=existing, max_payload=app.settings.max_output)
+        store.add_schedule(
+            session=session,
+            name=name,
+            cron=cron,
+            timezone=timezone,
+            graph_json=schedules.graph_json(raw, queue=app.settings.queue),
+            catch_up=catch_up,
+            next_due=schedules.stamp(first),
+        )
+        view = _schedule_view(store.get_schedule(session=session, name=name))
+    app.nudge()
+    return ScheduleAdded(view, warnings)
+
+
+def schedule_list(app: App) -> list[ScheduleView]:
+    with store.reading(app.engine) as session:
+        return [_schedule_view(row) for row in store.list_schedules(session=session)]
+
+
+@dataclass
+class ScheduleRemoved:
+    name: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def schedule_remove(app: App, name: str) -> ScheduleRemoved:
+    """Stop a schedule; the runs it created stay (``bridge runs`` lists them)."""
+    with store.writing(app.engine) as session:
+        store.remove_schedule(session=session, name=name)
+    return ScheduleRemoved(name)

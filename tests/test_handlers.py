@@ -78,6 +78,8 @@ def progress_then_wait(payload: Any, ctx: Any) -> str:
 @handler("big_output")
 def big_output(payload: Any) -> str:
     return "x" * int(payload["bytes"])
+
+
 # ---- route: pools
 
 

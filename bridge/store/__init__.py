@@ -63,6 +63,17 @@ from bridge.store.runs import (
     run_task_ids,
     run_tasks_of_status,
 )
+from bridge.store.schedules import (
+    SCHEDULES,
+    Fired,
+    add_schedule,
+    due_schedules,
+    fire_schedule,
+    get_schedule,
+    list_schedules,
+    next_schedule_due,
+    remove_schedule,
+)
 from bridge.store.schema import namespace, take_tokens
 from bridge.store.tables import EDGES, EVENTS, LEASES, LOGS, SLOTS, TASKS
 from bridge.store.tasks import (
@@ -159,4 +170,13 @@ __all__ = [
     "pool_info",
     "queue_backlog",
     "set_pool",
+    "SCHEDULES",
+    "Fired",
+    "add_schedule",
+    "due_schedules",
+    "fire_schedule",
+    "get_schedule",
+    "list_schedules",
+    "next_schedule_due",
+    "remove_schedule",
 ]

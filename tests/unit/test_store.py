@@ -1179,6 +1179,8 @@ def test_any_driver_error_in_a_write_is_one_line_not_a_traceback(pg_url):
         assert "SELECT" not in str(caught.value)
     finally:
         engine.dispose()
+
+
 # --------------------------------------------------------------------------- handler context
 
 
