@@ -189,6 +189,19 @@ def warn_all(warnings: list[str]) -> None:
     hidden=True,
     help="Seconds between the dispatcher's retention passes. [default: 3600]",
 )
+@click.option(
+    "--external-kinds",
+    envvar="BRIDGE_EXTERNAL_KINDS",
+    show_envvar=True,
+    help="Comma-separated kinds that agents claim (never sent to RQ), besides 'external'.",
+)
+@click.option(
+    "--claim-ttl",
+    envvar="BRIDGE_CLAIM_TTL",
+    show_envvar=True,
+    type=float,
+    help="Seconds an external task's claim lives without a heartbeat. [default: 60]",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 @click.version_option(package_name="bridge")
 @click.pass_context
@@ -755,6 +768,100 @@ def adopt(context: Context, kind: str, yes: bool) -> None:
     for line in result.summary():
         click.echo(line)
     warn_all(result.warnings)
+
+
+# ------------------------------------------------------------------------------ external tasks
+
+EXIT_NOTHING_TO_CLAIM = 3
+"""``bridge claim`` found no ready external task: not an error, but a script's loop
+must tell it from a claim (``while ! bridge claim ...; do sleep 5; done``)."""
+
+
+def _attempt_option(function: Any) -> Any:
+    return click.option(
+        "--attempt",
+        type=click.IntRange(min=1),
+        required=True,
+        help="The attempt 'bridge claim' gave (fences off stale and duplicate reports).",
+    )(function)
+
+
+@cli.command()
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    help="Claim only this kind (repeatable). [default: all external]",
+)
+@click.option("--worker", required=True, help="Who claims it (shown as the task's worker).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON: task, attempt, lease_expires_at."
+)
+@pass_context
+def claim(context: Context, kinds: tuple[str, ...], worker: str, as_json: bool) -> None:
+    """Claim a ready external task for an agent or script (exit 3: nothing to claim).
+
+    The task becomes working on a new attempt; keep it with 'bridge heartbeat' before its
+    lease lapses (BRIDGE_CLAIM_TTL), then 'bridge complete' or 'bridge fail' it.
+    """
+    claimed = usecases.claim(context, worker=worker, kinds=list(kinds) or None)
+    if claimed is None:
+        click.echo("nothing to claim: no ready external task", err=True)
+        sys.exit(EXIT_NOTHING_TO_CLAIM)
+    if as_json:
+        render.print_json(claimed.to_dict())
+        return
+    task = claimed.task
+    click.echo(f"claimed task {task['id']!r} attempt {claimed.attempt} (kind {task['kind']})")
+    click.echo(f"lease until {claimed.lease_expires_at[:19]} UTC")
+    if task["description"]:
+        click.echo(f"description: {task['description']}")
+    click.echo(f"payload: {render.json_line(task['payload'])}")
+
+
+def _json_option(text: str, option: str) -> Any:
+    import json
+
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        fail(f"{option} is not valid JSON: {getattr(exc, 'msg', 'nested too deeply')}", 2)
+
+
+@cli.command()
+@click.argument("task_id")
+@_attempt_option
+@pass_context
+def heartbeat(context: Context, task_id: str, attempt: int) -> None:
+    """Keep a claimed external task's lease alive for another BRIDGE_CLAIM_TTL."""
+    expires = usecases.heartbeat(context, task_id, attempt)
+    click.echo(f"task {task_id!r} attempt {attempt}: lease until {expires[:19]} UTC")
+
+
+@cli.command()
+@click.argument("task_id")
+@_attempt_option
+@click.option("--output", "output", help="The result, a JSON value. [default: null]")
+@pass_context
+def complete(context: Context, task_id: str, attempt: int, output: str | None) -> None:
+    """Finish a claimed external task as done (a stale or repeated attempt is refused)."""
+    value = None if output is None else _json_option(output, "--output")
+    task = usecases.complete(context, task_id, attempt, value)
+    click.echo(f"task {task_id!r} attempt {attempt}: {task['status']}")
+
+
+@cli.command("fail")
+@click.argument("task_id")
+@_attempt_option
+@click.option("--error", required=True, help="What went wrong (one line is best).")
+@pass_context
+def fail_(context: Context, task_id: str, attempt: int, error: str) -> None:
+    """Fail a claimed external task: retried if attempts remain (a stale attempt is refused)."""
+    task = usecases.fail(context, task_id, attempt, error)
+    if task["status"] == "available":
+        click.echo(f"task {task_id!r} attempt {attempt} failed; {task['note'] or 'will retry'}")
+    else:
+        click.echo(f"task {task_id!r} attempt {attempt} failed; no attempts left")
 
 
 def main() -> None:

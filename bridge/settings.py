@@ -26,6 +26,9 @@ DEFAULT_WORKER_CLASS = "fork"
 """RQ's forking worker: a handler that crashes or leaks cannot take the worker down,
 and a running job can be stopped. ``simple`` runs jobs in-process, several times faster."""
 
+DEFAULT_CLAIM_TTL = 60.0
+"""Seconds an external task's claim lives without a heartbeat before it is failed as lost."""
+
 DEFAULT_MAX_OUTPUT = 1024 * 1024
 """Bytes of handler output or error kept in the database; longer text is truncated."""
 
@@ -76,6 +79,11 @@ class Settings:
     """Seconds between the dispatcher's retention passes (``BRIDGE_RETENTION_EVERY``)."""
     redis_explicit: bool = field(default=False, compare=False)
     """True when the user named a Redis URL; ``bridge run`` then never starts its own."""
+    external_kinds: tuple[str, ...] = ()
+    """``BRIDGE_EXTERNAL_KINDS``: kinds claimed by agents, never sent to RQ, besides
+    ``external`` (which always is)."""
+    claim_ttl: float = DEFAULT_CLAIM_TTL
+    """``BRIDGE_CLAIM_TTL``: seconds a claim lives without a heartbeat."""
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -95,6 +103,15 @@ class Settings:
             raise SettingsError(
                 f"BRIDGE_RETENTION_EVERY must be above 0 seconds, got {self.retention_every:g}"
             )
+        if not (0 < self.claim_ttl < float("inf")):
+            raise SettingsError(f"BRIDGE_CLAIM_TTL must be above 0 seconds, got {self.claim_ttl:g}")
+
+    @property
+    def all_external_kinds(self) -> tuple[str, ...]:
+        """``external`` and the configured external kinds, sorted."""
+        from bridge.external import external_kinds
+
+        return external_kinds(self.external_kinds)
 
     @property
     def retention_seconds(self) -> float | None:
@@ -129,10 +146,14 @@ class Settings:
             values["retention_every"] = _float(
                 "BRIDGE_RETENTION_EVERY", env["BRIDGE_RETENTION_EVERY"]
             )
+        if env.get("BRIDGE_EXTERNAL_KINDS"):
+            values["external_kinds"] = parse_handlers(env["BRIDGE_EXTERNAL_KINDS"])
+        if env.get("BRIDGE_CLAIM_TTL"):
+            values["claim_ttl"] = _float("BRIDGE_CLAIM_TTL", env["BRIDGE_CLAIM_TTL"])
         for key, value in overrides.items():
             if value is None:
                 continue
-            if key == "handlers" and isinstance(value, str):
+            if key in ("handlers", "external_kinds") and isinstance(value, str):
                 value = parse_handlers(value)
             values[key] = value
             if key == "redis_url":
@@ -155,6 +176,8 @@ class Settings:
             "BRIDGE_AUTO_MIGRATE": "1" if self.auto_migrate else "0",
             "BRIDGE_RETENTION": self.retention or "",
             "BRIDGE_RETENTION_EVERY": repr(self.retention_every),
+            "BRIDGE_EXTERNAL_KINDS": ",".join(self.external_kinds),
+            "BRIDGE_CLAIM_TTL": repr(self.claim_ttl),
         }
 
 

@@ -21,10 +21,12 @@ from bridge.broker import (
     Withdrawal,
     WorkerInfo,
 )
+from bridge.external import ClaimError, StaleAttempt, claim_kinds, is_claim, stale_message
 from bridge.graph import TaskSpec
+from bridge.messages import Report, output_json
 from bridge.models import Task, TaskEvent, WorkerSlot
 from bridge.settings import Settings, redact_url
-from bridge.states import FINISHED_BADLY, IN_FLIGHT, TaskStatus
+from bridge.states import FINISHED_BADLY, IN_FLIGHT, ReportKind, TaskStatus
 from bridge.store.adopt import (
     BLOCKED_PREFIX,
     TC_STATUSES,
@@ -69,7 +71,8 @@ def add(
     Warns about kinds no handler module loaded here registers: the tasks are still
     added (workers elsewhere may know them), but a typo should not wait for 3 a.m.
     """
-    warnings = _unknown_kinds(app.settings, [s.kind for s in specs])
+    external = set(app.settings.all_external_kinds)  # agents run those: no handler needed
+    warnings = _unknown_kinds(app.settings, [s.kind for s in specs if s.kind not in external])
     name = run if run is not None else store.auto_run_name()
     if run is not None:
         specs = graph.scope(specs, run)
@@ -141,7 +144,9 @@ def cancel(app: App, task_id: str) -> CancelResult:
         cancelled = store.cancel_task(session=session, task_id=task_id)
     app.nudge()  # its slot is free: let the dispatcher fill it now
     result = CancelResult(task_id, cancelled.previous)
-    if cancelled.job_id is not None:
+    if is_claim(cancelled.job_id):  # an agent's claim has no RQ job: its outcome is refused
+        result.job = "the agent's claim is revoked; its completion will be refused"
+    elif cancelled.job_id is not None:
         try:
             outcome = _cancel_job(app.broker(), cancelled)
             result.job, result.stopped = outcome.message, outcome.stopped
@@ -170,12 +175,13 @@ def clean(app: App) -> Cleaned:
     with store.writing(app.engine) as session:
         cleaned = store.clean(session=session)
     result = Cleaned(cleaned.count)
-    if cleaned.in_flight:
+    jobs = [(job, queue) for job, queue in cleaned.in_flight if not is_claim(job)]
+    if jobs:
         try:
-            _fence_out(app.broker(), cleaned.in_flight)
+            _fence_out(app.broker(), jobs)
         except BrokerError as exc:
             result.warnings.append(
-                f"{_redis_unreachable(app, exc)}; {len(cleaned.in_flight)} job(s) in flight"
+                f"{_redis_unreachable(app, exc)}; {len(jobs)} job(s) in flight"
                 " were not fenced off: they may still run, and their reports are ignored"
             )
     return result
@@ -216,7 +222,8 @@ def show_task(app: App, task_id: str) -> TaskView:
         task = store.require_task(session=session, task_id=task_id)
         deps = store.dependency_states(session=session, task_id=task_id)
         events = store.list_events(session=session, task_id=task_id)
-    return TaskView(task, deps, explain(task, deps), latest_failure(events))
+    external = task.kind in app.settings.all_external_kinds
+    return TaskView(task, deps, explain(task, deps, external=external), latest_failure(events))
 
 
 def latest_failure(events: Sequence[TaskEvent]) -> str | None:
@@ -246,8 +253,9 @@ def list_slots(app: App) -> list[WorkerSlot]:
         return store.list_slots(session=session)
 
 
-def explain(task: Task, dependencies: Sequence[tuple[str, str]]) -> str:
-    """One sentence on why the task is in its state (``bridge show``)."""
+def explain(task: Task, dependencies: Sequence[tuple[str, str]], *, external: bool = False) -> str:
+    """One sentence on why the task is in its state (``bridge show``); ``external``: an
+    agent claims it (``bridge claim``), no RQ worker runs it."""
     if task.status == "available":
         bad = [dep for dep, status in dependencies if status in ("failed", "cancelled")]
         waiting = [dep for dep, status in dependencies if status != "done"]
@@ -259,9 +267,14 @@ def explain(task: Task, dependencies: Sequence[tuple[str, str]]) -> str:
             return f"waiting for {len(waiting)} dependency(ies): {', '.join(waiting[:5])}"
         if task.not_before:
             return task.note or f"retry backoff until {task.not_before[:19]} UTC"
+        if external:
+            return "ready: waiting for an agent to claim it (bridge claim)"
         return "ready: waiting for a free slot and a running dispatcher"
     if task.status == "queued":
         return task.note or "enqueued: waiting for a worker to pick it up"
+    if task.status == "working" and is_claim(task.job_id):
+        lease = f"; lease until {task.claim_expires_at[:19]} UTC" if task.claim_expires_at else ""
+        return f"claimed by {task.worker or 'an agent'}{lease}"
     if task.status == "working":
         return f"running on {task.worker or 'a worker'}"
     return task.note or {
@@ -752,3 +765,114 @@ def adopt(app: App, kind: str) -> Adopted:
         )
     result.warnings += _unknown_kinds(app.settings, [kind])
     return result
+
+
+# ------------------------------------------------------------------------------ external tasks
+# Agents as workers: a task of an external kind is never sent to RQ; a program claims it,
+# keeps its lease alive and reports its outcome, fenced by attempt like an RQ report.
+# Claims take no slot (see ``bridge.external``).
+
+MAX_WORKER_NAME = 200
+"""Characters of a claiming worker's name kept (it is shown, logged and stored)."""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    task: dict[str, Any]
+    """``store.task_dict`` of the claimed task (now ``working``, at ``attempt``)."""
+    attempt: int
+    lease_expires_at: str
+    """UTC text; heartbeat before then or the claim is failed as lost."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def claim(app: App, *, worker: str, kinds: Sequence[str] | None = None) -> Claimed | None:
+    """Claim the highest-priority ready task of ``kinds`` (default: every external kind)
+    for ``worker``; None when there is none. A kind that is not external is refused."""
+    name = worker.strip() if isinstance(worker, str) else ""
+    if not name or len(name) > MAX_WORKER_NAME or not name.isprintable():
+        raise ClaimError(
+            f"a claim needs a worker name: 1 to {MAX_WORKER_NAME} printable characters"
+        )
+    wanted = claim_kinds(kinds, app.settings.all_external_kinds)
+    with store.writing(app.engine) as session:
+        got = store.claim_external(
+            session=session, kinds=wanted, worker=name, ttl=app.settings.claim_ttl
+        )
+        if got is None:
+            return None
+        task = store.task_dict(store.require_task(session=session, task_id=got.task_id))
+    return Claimed(task, got.attempt, got.lease_expires_at)
+
+
+def heartbeat(app: App, task_id: str, attempt: int) -> str:
+    """Extend the claim of ``attempt`` by ``BRIDGE_CLAIM_TTL``; returns the new expiry.
+    ``StaleAttempt`` when that attempt's claim is not live (lapsed, finished, cancelled)."""
+    with store.writing(app.engine) as session:
+        expires = store.renew_claim(
+            session=session, task_id=task_id, attempt=attempt, ttl=app.settings.claim_ttl
+        )
+        if expires is not None:
+            return expires
+        refused = _stale(app, store.require_task(session=session, task_id=task_id), attempt)
+    raise StaleAttempt(refused)
+
+
+def complete(app: App, task_id: str, attempt: int, output: Any) -> dict[str, Any]:
+    """Finish the claimed ``attempt`` as done with ``output`` (a JSON value); returns the
+    task. A stale or duplicate completion changes nothing and raises ``StaleAttempt``."""
+    try:
+        text = output_json(output, app.settings.max_output)
+    except (TypeError, ValueError) as exc:
+        raise ClaimError(f"output must be a JSON value: {exc}") from None
+    return _finish(app, task_id, attempt, ReportKind.SUCCEEDED, output=text)
+
+
+def fail(app: App, task_id: str, attempt: int, error: str) -> dict[str, Any]:
+    """Fail the claimed ``attempt`` with ``error``: retried after its backoff if attempts
+    remain, else failed. A stale or duplicate failure raises ``StaleAttempt``."""
+    if not isinstance(error, str) or not error.strip():
+        raise ClaimError("a failure needs an error message")
+    return _finish(app, task_id, attempt, ReportKind.FAILED, error=error)
+
+
+def _finish(
+    app: App,
+    task_id: str,
+    attempt: int,
+    kind: ReportKind,
+    *,
+    output: str | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """An agent's outcome as a worker report on the task's current claim, through the same
+    fenced apply as RQ's (a refused one is recorded as ignored, as RQ's are)."""
+    refused: str | None = None
+    with store.writing(app.engine) as session:
+        task = store.require_task(session=session, task_id=task_id)
+        if not is_claim(task.job_id):
+            refused = _stale(app, task, attempt)
+        else:
+            report = Report(
+                task_id, attempt, kind, task.job_id or "", task.worker, output=output, error=error
+            )
+            [applied] = store.apply_reports(
+                session=session, reports=[report], max_output=app.settings.max_output
+            )
+            if applied.target is None:
+                refused = _stale(app, task, attempt)
+            session.expire_all()
+            result = store.task_dict(store.require_task(session=session, task_id=task_id))
+    if refused is not None:
+        raise StaleAttempt(refused)
+    app.nudge()  # dependents may be ready, or a retry's backoff to wait for
+    return result
+
+
+def _stale(app: App, task: Task, attempt: int) -> str:
+    external = is_claim(task.job_id) or task.kind in app.settings.all_external_kinds
+    return stale_message(
+        task.id, attempt, task_attempt=task.attempts, status=task.status, external=external
+    )

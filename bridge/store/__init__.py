@@ -13,6 +13,7 @@ from sqlmodel import Session
 from bridge.messages import Dispatch
 from bridge.states import TaskStatus
 from bridge.store.admin import Cancelled, Cleaned, cancel_task, clean, retry_task
+from bridge.store.claims import Claim, claim_external, expire_claims, renew_claim
 from bridge.store.dispatching import (
     claim_ready,
     in_flight,
@@ -70,6 +71,10 @@ __all__ = [
     "AddResult",
     "Applied",
     "Cancelled",
+    "Claim",
+    "claim_external",
+    "expire_claims",
+    "renew_claim",
     "Cleaned",
     "Dispatch",
     "Engine",

@@ -14,6 +14,7 @@ from bridge.states import (
     TaskStatus,
 )
 from bridge.store import schema
+from bridge.store.claims import NOT_A_CLAIM
 from bridge.store.engine import StoreError, now
 from bridge.store.tables import SLOTS, TASKS, _chunks, _event, _record
 
@@ -22,14 +23,17 @@ def reset_slots(*, session: Session, slots: int) -> list[str]:
     """Free every slot, then give one to each task really in flight (oldest first).
 
     Called when a dispatcher starts: assignments recorded on the tasks are kept,
-    the slot table is rebuilt from them. Returns the in-flight task ids.
+    the slot table is rebuilt from them. Returns the in-flight task ids. Claimed
+    external tasks hold no slot (they have no RQ job) and are left out.
     """
     conn = session.connection()
     at = now()
     in_flight = [
         row.id
         for row in conn.execute(
-            select(TASKS.c.id).where(text(IN_FLIGHT_WHERE)).order_by(TASKS.c.queued_at, TASKS.c.seq)
+            select(TASKS.c.id)
+            .where(text(IN_FLIGHT_WHERE), NOT_A_CLAIM)
+            .order_by(TASKS.c.queued_at, TASKS.c.seq)
         )
     ]
     wanted = max(slots, len(in_flight))
@@ -64,7 +68,7 @@ def reset_slots(*, session: Session, slots: int) -> list[str]:
 _READY_SQL = (
     "SELECT id, kind, payload, timeout, attempts, queue FROM tasks{hint}"
     " WHERE status = 'available' AND pending_deps = 0"
-    " AND (not_before IS NULL OR not_before <= :now)"
+    " AND (not_before IS NULL OR not_before <= :now){exclude}"
     " ORDER BY priority DESC, seq LIMIT :limit"
 )
 """Literal status and count so the partial index ``ix_tasks_ready`` applies. SQLite
@@ -73,24 +77,41 @@ blocked ones included, and sort them on every tick. PostgreSQL takes the partial
 by itself (no index on ``status`` alone competes with it)."""
 
 
+_EXCLUDE = " AND kind NOT IN :exclude"
+"""External kinds: agents claim those tasks (``store.claim_external``), RQ never runs them."""
+
 _READY = {
-    "sqlite": text(_READY_SQL.format(hint=" INDEXED BY ix_tasks_ready")),
-    "other": text(_READY_SQL.format(hint="")),
+    (dialect, excluding): (
+        text(_READY_SQL.format(hint=hint, exclude=_EXCLUDE)).bindparams(
+            bindparam("exclude", expanding=True)
+        )
+        if excluding
+        else text(_READY_SQL.format(hint=hint, exclude=""))
+    )
+    for dialect, hint in (("sqlite", " INDEXED BY ix_tasks_ready"), ("other", ""))
+    for excluding in (False, True)
 }
 
 
-def _ready_query(session: Session) -> Any:
+def _ready_query(session: Session, excluding: bool) -> Any:
     dialect = session.get_bind().dialect.name
-    return _READY["sqlite" if dialect == "sqlite" else "other"]
+    return _READY["sqlite" if dialect == "sqlite" else "other", excluding]
 
 
-def claim_ready(*, session: Session, slots: int, max_output: int = 1024 * 1024) -> list[Dispatch]:
+def claim_ready(
+    *,
+    session: Session,
+    slots: int,
+    max_output: int = 1024 * 1024,
+    exclude_kinds: Sequence[str] = (),
+) -> list[Dispatch]:
     """Move ready tasks into free slots as ``queued``: priority first, then age.
 
     At most ``slots`` tasks are ever in flight: after ``--slots`` is lowered, tasks
     already in flight above the new limit finish first and nothing new is claimed
     until the count is below it. Work is proportional to the tasks claimed (partial
-    index), never to history.
+    index), never to history. Tasks of ``exclude_kinds`` (external kinds) are never
+    claimed here: agents claim them.
     """
     conn = session.connection()
     rows = conn.execute(select(SLOTS.c.slot, SLOTS.c.active).order_by(SLOTS.c.slot)).all()
@@ -99,7 +120,10 @@ def claim_ready(*, session: Session, slots: int, max_output: int = 1024 * 1024) 
     if not free:
         return []
     at = now()
-    ready = conn.execute(_ready_query(session), {"now": at, "limit": len(free)}).all()
+    params: dict[str, Any] = {"now": at, "limit": len(free)}
+    if exclude_kinds:
+        params["exclude"] = list(exclude_kinds)
+    ready = conn.execute(_ready_query(session, bool(exclude_kinds)), params).all()
     if not ready:
         return []
     dispatches = _new_attempts(session, ready, max_output)
@@ -184,6 +208,8 @@ def _mark_queued(
 
 
 def in_flight(*, session: Session) -> list[Flight]:
+    """Every task in flight on an RQ job, for reconciliation (claims have none to judge:
+    their lease decides, ``expire_claims``)."""
     rows = session.connection().execute(
         select(
             TASKS.c.id,
@@ -195,7 +221,7 @@ def in_flight(*, session: Session) -> list[Flight]:
             TASKS.c.timeout,
             TASKS.c.worker,
             TASKS.c.queue,
-        ).where(text(IN_FLIGHT_WHERE))
+        ).where(text(IN_FLIGHT_WHERE), NOT_A_CLAIM)
     )
     return [
         Flight(
