@@ -38,7 +38,7 @@ from bridge.settings import (
 )
 from bridge.states import TaskStatus
 
-CREATING_COMMANDS = frozenset({"add", "run", "dispatch"})
+CREATING_COMMANDS = frozenset({"add", "run", "submit", "dispatch"})
 """The only commands that create a missing database; the others say there is none."""
 
 FOLLOW_EVERY = 0.5
@@ -223,6 +223,8 @@ def cli(ctx: click.Context, verbose: bool, **options: Any) -> None:
 
 # ------------------------------------------------------------------------------ add
 
+RUN_HELP = "Add the tasks as a run of this name; their ids are stored as NAME/id."
+
 SINGLE_TASK_OPTIONS = {
     "description": "--description",
     "kind": "--kind",
@@ -247,7 +249,8 @@ they are refused rather than silently ignored."""
 @click.option("--after", "after", multiple=True, help="A dependency (repeatable).")
 @click.option("--priority", type=int, default=0, help="Higher runs first.")
 @click.option("--max-attempts", type=int, default=1, help="Attempts before it fails for good.")
-@click.option("--timeout", type=int, help="Seconds an attempt may run.")
+@click.option("--timeout", type=float, help="Seconds an attempt may run (fractions allowed).")
+@click.option("--run", "run_name", metavar="NAME", help=RUN_HELP)
 @click.pass_context
 def add(
     ctx: click.Context,
@@ -259,7 +262,8 @@ def add(
     after: tuple[str, ...],
     priority: int,
     max_attempts: int,
-    timeout: int | None,
+    timeout: float | None,
+    run_name: str | None,
 ) -> None:
     """Add one task, or a whole graph with --file (all or nothing)."""
     context = ctx.find_object(Context)
@@ -290,8 +294,8 @@ def add(
                 timeout=timeout,
             )
         ]
-    added = add_specs(context, specs, skip_same=False)
-    click.echo(f"added {len(added.added)} task(s)")
+    added = add_specs(context, specs, skip_same=False, run=run_name)
+    click.echo(f"added {len(added.added)} task(s)" + _in_run(added, run_name))
 
 
 def _read(path: str) -> str:
@@ -301,10 +305,17 @@ def _read(path: str) -> str:
         fail(f"cannot read {path}: {exc.strerror if isinstance(exc, OSError) else exc}")
 
 
-def add_specs(context: Context, specs: list[graph.TaskSpec], *, skip_same: bool) -> usecases.Added:
-    result = usecases.add(context, specs, skip_same=skip_same)
+def add_specs(
+    context: Context, specs: list[graph.TaskSpec], *, skip_same: bool, run: str | None = None
+) -> usecases.Added:
+    result = usecases.add(context, specs, skip_same=skip_same, run=run)
     warn_all(result.warnings)
     return result
+
+
+def _in_run(added: usecases.Added, run_name: str | None) -> str:
+    """`` to run 'NAME'`` when the user named one (their ids are then ``NAME/id``)."""
+    return f" to run {run_name!r}" if run_name is not None and added.run else ""
 
 
 # ------------------------------------------------------------------------------ reading
@@ -329,11 +340,12 @@ def _status_option(value: str | None) -> TaskStatus | None:
 
 @cli.command("list")
 @click.option("--status", help="Only tasks in this state.")
+@click.option("--run", "run_name", metavar="NAME", help="Only the tasks of this run.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_context
-def list_(context: Context, status: str | None, as_json: bool) -> None:
+def list_(context: Context, status: str | None, run_name: str | None, as_json: bool) -> None:
     """List tasks in the order they were added."""
-    tasks = usecases.list_tasks(context, _status_option(status))
+    tasks = usecases.list_tasks(context, _status_option(status), run=run_name)
     if as_json:
         render.print_json([render.task_dict(t) for t in tasks])
     else:
@@ -424,20 +436,47 @@ def status(context: Context, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("task_id")
+@click.argument("task_id", required=False)
+@click.option("--run", "run_name", metavar="NAME", help="Retry the tasks of this run.")
+@click.option("--failed", is_flag=True, help="With --run: only its failed tasks.")
 @pass_context
-def retry(context: Context, task_id: str) -> None:
-    """Put a failed or cancelled task back to available (its history is kept)."""
+def retry(context: Context, task_id: str | None, run_name: str | None, failed: bool) -> None:
+    """Put a failed or cancelled task back to available (its history is kept).
+
+    With --run NAME: every failed and cancelled task of the run (--failed: the failed ones).
+    """
+    if run_name is not None:
+        if task_id is not None:
+            fail("give either a task ID or --run, not both", 2)
+        retried = usecases.retry_run(context, run_name, failed_only=failed)
+        what = "failed" if failed else "failed or cancelled"
+        click.echo(f"run {run_name!r}: {len(retried.retried)} {what} task(s) available again")
+        warn_all(retried.warnings)
+        return
+    if task_id is None:
+        fail("give a task ID or --run NAME", 2)
+    if failed:
+        fail("--failed goes with --run NAME", 2)
     result = usecases.retry(context, task_id)
     click.echo(f"task {task_id!r} is available again")
     warn_all(result.warnings)
 
 
 @cli.command()
-@click.argument("task_id")
+@click.argument("task_id", required=False)
+@click.option("--run", "run_name", metavar="NAME", help="Cancel every unfinished task of this run.")
 @pass_context
-def cancel(context: Context, task_id: str) -> None:
+def cancel(context: Context, task_id: str | None, run_name: str | None) -> None:
     """Cancel a task; a queued job is removed, a running one is asked to stop."""
+    if run_name is not None:
+        if task_id is not None:
+            fail("give either a task ID or --run, not both", 2)
+        cancelled = usecases.cancel_run(context, run_name)
+        click.echo(f"run {run_name!r}: cancelled {len(cancelled.cancelled)} task(s)")
+        warn_all(cancelled.warnings)
+        return
+    if task_id is None:
+        fail("give a task ID or --run NAME", 2)
     result = usecases.cancel(context, task_id)
     message = f"task {task_id!r} cancelled"
     if result.job is not None:
@@ -498,6 +537,8 @@ def worker(context: Context, burst: bool, name: str | None, quiet: bool) -> None
 
 
 @cli.command()
+@click.argument("task_ids", nargs=-1, metavar="[ID]...")
+@click.option("--run", "run_name", metavar="NAME", help="Wait for the tasks of this run only.")
 @click.option(
     "--timeout",
     type=float,
@@ -506,18 +547,29 @@ def worker(context: Context, burst: bool, name: str | None, quiet: bool) -> None
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @pass_context
-def wait(context: Context, timeout: float | None, quiet: bool) -> None:
-    """Wait for the graph: 0 all done, 1 nothing more can run, 3 timeout."""
-    from bridge.runner import EXIT_STUCK, EXIT_TIMEOUT, wait_for_graph
+def wait(
+    context: Context,
+    task_ids: tuple[str, ...],
+    run_name: str | None,
+    timeout: float | None,
+    quiet: bool,
+) -> None:
+    """Wait for the graph (or the tasks ID..., or a run): 0 all done, 1 nothing more
+    can run, 3 timeout."""
+    from bridge.runner import EXIT_STUCK, EXIT_TIMEOUT
 
-    code = wait_for_graph(context.engine, timeout=timeout, show_progress=not quiet)
-    if code == EXIT_STUCK:
+    if task_ids and run_name is not None:
+        fail("give task IDs or --run, not both", 2)
+    result = usecases.wait(
+        context, task_ids=task_ids or None, run=run_name, timeout=timeout, show_progress=not quiet
+    )
+    if result.code == EXIT_STUCK:
         click.echo("stopped: nothing more can run", err=True)
-        for line in render.stuck_lines(usecases.progress(context)):
+        for line in result.problems:
             click.echo(f"  {line}", err=True)
-    elif code == EXIT_TIMEOUT:
+    elif result.code == EXIT_TIMEOUT:
         click.echo(f"timed out after {timeout:g}s", err=True)
-    sys.exit(code)
+    sys.exit(result.code)
 
 
 @cli.command()
@@ -530,8 +582,13 @@ def wait(context: Context, timeout: float | None, quiet: bool) -> None:
     is_flag=True,
     help="Start a private Redis for this run (unix socket, random password) even if one answers.",
 )
+@click.option(
+    "--run", "run_name", metavar="NAME", help=RUN_HELP + " Run again, it resumes that run."
+)
 @pass_context
-def run(context: Context, file_path: str, workers: int, private_redis: bool) -> None:
+def run(
+    context: Context, file_path: str, workers: int, private_redis: bool, run_name: str | None
+) -> None:
     """Add the graph in FILE (resuming if already added) and run it to the end.
 
     Exit 0 when FILE's tasks are all done, 1 when nothing more of them can run,
@@ -545,18 +602,80 @@ def run(context: Context, file_path: str, workers: int, private_redis: bool) -> 
 
     def add(settings: Settings) -> None:
         context.settings = settings  # the Redis the run resolved, for the wake-up nudge
-        result = add_specs(context, specs, skip_same=True)
-        click.echo(f"added {len(result.added)} task(s), {len(result.skipped)} already there")
+        result = add_specs(context, specs, skip_same=True, run=run_name)
+        click.echo(
+            f"added {len(result.added)} task(s), {len(result.skipped)} already there"
+            + _in_run(result, run_name)
+        )
 
     code = run_graph(
         context.settings,
         lambda: context.engine,  # opened (maybe created) only once Redis is known
-        [s.id for s in specs],
+        [s.id for s in (specs if run_name is None else graph.scope(specs, run_name))],
         workers,
         add=add,
         private_redis=private_redis,
     )
     sys.exit(code)
+
+
+# ------------------------------------------------------------------------------ runs
+
+
+@cli.command()
+@click.argument("file_path", metavar="FILE")
+@click.option("--run", "run_name", metavar="NAME", help=RUN_HELP + " [default: an automatic name]")
+@pass_context
+def submit(context: Context, file_path: str, run_name: str | None) -> None:
+    """Add the graph in FILE as a new run and print the run's name (does not wait).
+
+    Without --run the tasks keep their ids and the run gets an automatic name.
+    """
+    specs = graph.parse_graph(_read(file_path), file_path)
+    if not specs:
+        fail(f"{file_path} has no tasks")
+    result = add_specs(context, specs, skip_same=False, run=run_name)
+    click.echo(result.run)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def runs(context: Context, as_json: bool) -> None:
+    """List the runs: name, state (running, done, failed, cancelled, empty), counts."""
+    views = usecases.list_runs(context)
+    if as_json:
+        render.print_json([v.to_dict() for v in views])
+    else:
+        render.console().print(render.runs_table(views))
+
+
+@cli.command()
+@click.argument("task_ids", nargs=-1, metavar="[ID]...")
+@click.option("--run", "run_name", metavar="NAME", help="Delete this finished run, whole.")
+@click.option("--force", is_flag=True, help="With --run: cancel what is unfinished first.")
+@pass_context
+def delete(context: Context, task_ids: tuple[str, ...], run_name: str | None, force: bool) -> None:
+    """Delete tasks (with their events, logs and edges), all or none.
+
+    ID...: tasks that are finished or not yet started, that nothing unfinished depends on.
+    --run NAME: a finished run (nothing of it in flight or able to run), or with --force
+    any run (its unfinished tasks are cancelled first), and the run itself.
+    """
+    if run_name is not None:
+        if task_ids:
+            fail("give task IDs or --run, not both", 2)
+        result = usecases.delete_run(context, run_name, force=force)
+        extra = f" (cancelled {len(result.cancelled)} first)" if result.cancelled else ""
+        click.echo(f"deleted run {run_name!r}: {len(result.deleted)} task(s){extra}")
+    else:
+        if not task_ids:
+            fail("give task IDs or --run NAME", 2)
+        if force:
+            fail("--force goes with --run NAME", 2)
+        result = usecases.delete_tasks(context, list(task_ids))
+        click.echo(f"deleted {len(result.deleted)} task(s)")
+    warn_all(result.warnings)
 
 
 # ------------------------------------------------------------------------------- db

@@ -220,3 +220,26 @@ def status_view(status: Status) -> Group:
             )
         parts.append(workers)
     return Group(*parts)
+
+
+def runs_table(views: Sequence[Any]) -> Table:
+    """``bridge runs``: one row per run (``usecases.RunView``), oldest first."""
+    table = Table(title="runs")
+    table.add_column("name", no_wrap=True)
+    table.add_column("state")
+    table.add_column("total", justify="right")
+    table.add_column("counts", overflow="fold")
+    table.add_column("created", no_wrap=True)
+    for view in views:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(view.counts.items()) if n)
+        table.add_row(
+            Text(view.name),
+            Text(view.state, style=RUN_STATE_STYLES.get(view.state, "")),
+            str(view.total),
+            Text(counts or "-"),
+            Text((view.created_at or "")[:19]),
+        )
+    return table
+
+
+RUN_STATE_STYLES = {"done": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from bridge import graph, store
+from bridge import graph, runs, store
 from bridge.app import App
 from bridge.broker import (
     Broker,
@@ -75,8 +75,13 @@ def add(
     warnings = _unknown_kinds(app.settings, [s.kind for s in specs if s.kind not in external])
     name = run if run is not None else store.auto_run_name()
     if run is not None:
+        runs.check_run_name(run)
         specs = graph.scope(specs, run)
     with store.writing(app.engine) as session:
+        if run is not None and not (skip_same and store.run_exists(session=session, name=run)):
+            # First, so that a taken name is the error rather than a clash of its task ids;
+            # with ``skip_same`` (``bridge run FILE --run NAME`` again) the run resumes.
+            store.create_run(session=session, name=run, scoped=True)
         result = store.add_tasks(
             session=session,
             specs=specs,
@@ -85,8 +90,8 @@ def add(
             queue=app.settings.queue,
             run=name,
         )
-        if result.added:
-            store.create_run(session=session, name=name, scoped=run is not None)
+        if result.added and run is None:  # no empty automatic run when all was skipped
+            store.create_run(session=session, name=name, scoped=False)
     if result.added:
         app.nudge()
     return Added(added=result.added, skipped=result.skipped, warnings=warnings, run=name)
@@ -196,9 +201,12 @@ def _fence_out(broker: Broker, in_flight: Sequence[tuple[str, str]]) -> None:
 # ------------------------------------------------------------------------------ reading
 
 
-def list_tasks(app: App, status: TaskStatus | None = None) -> list[Task]:
+def list_tasks(app: App, status: TaskStatus | None = None, *, run: str | None = None) -> list[Task]:
+    """Tasks in the order they were added: all, or those of ``status`` and of ``run``."""
     with store.reading(app.engine) as session:
-        return store.list_tasks(session=session, status=status)
+        if run is not None:
+            store.require_run(session=session, name=run)
+        return store.list_tasks(session=session, status=status, run=run)
 
 
 @dataclass
@@ -876,3 +884,231 @@ def _stale(app: App, task: Task, attempt: int) -> str:
     return stale_message(
         task.id, attempt, task_attempt=task.attempts, status=task.status, external=external
     )
+
+
+# ---- runs: listing, waiting for, retrying, cancelling and deleting a run; deleting and
+# waiting for chosen tasks (issue 9, sections 4 and 6). The Python API (bridge.client)
+# goes through these too.
+
+
+@dataclass
+class RunView:
+    """One run as ``bridge runs`` shows it: its tasks counted by status, and its state
+    (``bridge.runs``: running, done, failed, cancelled or empty)."""
+
+    name: str
+    created_at: str
+    state: str
+    counts: dict[str, int]
+    ready: int = 0
+    scoped: bool = False
+    schedule: str | None = None
+    due_at: str | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def finished(self) -> bool:
+        return self.state in runs.FINISHED_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "counts": dict(self.counts),
+            "total": self.total,
+            "created_at": self.created_at,
+            "scoped": self.scoped,
+            "schedule": self.schedule,
+            "due_at": self.due_at,
+        }
+
+
+def _run_view(row: store.RunCounts) -> RunView:
+    return RunView(
+        name=row.name,
+        created_at=row.created_at,
+        state=runs.run_state(row.counts, row.ready),
+        counts=dict(row.counts),
+        ready=row.ready,
+        scoped=row.scoped,
+        schedule=row.schedule,
+        due_at=row.due_at,
+    )
+
+
+def list_runs(app: App) -> list[RunView]:
+    """Every run, oldest first, with its counts and state."""
+    with store.reading(app.engine) as session:
+        return [_run_view(row) for row in store.list_runs(session=session)]
+
+
+def get_run(app: App, name: str) -> RunView:
+    """One run; ``TaskStateError`` (``no run 'X'``) when there is none."""
+    with store.reading(app.engine) as session:
+        return _run_view(store.require_run(session=session, name=name))
+
+
+def run_task_ids(app: App, name: str) -> list[str]:
+    """The stored ids of a run's tasks, in the order they were added."""
+    with store.reading(app.engine) as session:
+        store.require_run(session=session, name=name)
+        return store.run_task_ids(session=session, name=name)
+
+
+@dataclass
+class RunRetried:
+    run: str
+    retried: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def retry_run(app: App, name: str, *, failed_only: bool = False) -> RunRetried:
+    """Every failed task of the run (and, unless ``failed_only``, every cancelled one)
+    back to ``available``, in one transaction; the run resumes."""
+    wanted = [TaskStatus.FAILED.value] + ([] if failed_only else [TaskStatus.CANCELLED.value])
+    with store.writing(app.engine) as session:
+        store.require_run(session=session, name=name)
+        ids = store.run_tasks_of_status(session=session, name=name, statuses=wanted)
+        for task_id in ids:
+            store.retry_task(session=session, task_id=task_id)
+    if ids:
+        app.nudge()
+    return RunRetried(name, ids)
+
+
+@dataclass
+class RunCancelled:
+    run: str
+    cancelled: list[CancelResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+UNFINISHED = tuple(s.value for s in (TaskStatus.AVAILABLE, *IN_FLIGHT))
+
+
+def cancel_run(app: App, name: str) -> RunCancelled:
+    """Cancel every unfinished task of the run in one transaction (the database decides),
+    then withdraw or stop the jobs of those that were in flight."""
+    with store.writing(app.engine) as session:
+        store.require_run(session=session, name=name)
+        ids = store.run_tasks_of_status(session=session, name=name, statuses=UNFINISHED)
+        cancelled = [store.cancel_task(session=session, task_id=t) for t in ids]
+    result = RunCancelled(name)
+    if cancelled:
+        app.nudge()
+    unreachable: BrokerError | None = None
+    for one in cancelled:
+        view = CancelResult(one.task_id, one.previous)
+        if one.job_id is not None:
+            try:
+                if unreachable is not None:
+                    raise unreachable
+                outcome = _cancel_job(app.broker(), one)
+                view.job, view.stopped = outcome.message, outcome.stopped
+            except BrokerError as exc:
+                unreachable, view.stopped = exc, False
+        result.cancelled.append(view)
+    if unreachable is not None:
+        running = sum(1 for c in result.cancelled if not c.stopped)
+        result.warnings.append(
+            f"{_redis_unreachable(app, unreachable)}; {running} job(s) in flight may go on"
+            " running, and any result they send will be ignored"
+        )
+    return result
+
+
+@dataclass
+class Deleted:
+    deleted: list[str] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)
+    """Runs deleted (named, or left without a task)."""
+    cancelled: list[str] = field(default_factory=list)
+    """With ``force``: tasks cancelled first."""
+    warnings: list[str] = field(default_factory=list)
+
+
+def delete_tasks(app: App, task_ids: Sequence[str]) -> Deleted:
+    """Delete tasks that are finished or not yet started and that nothing unfinished
+    depends on, with their events, logs and edges: all of them, or (error) none."""
+    if not task_ids:
+        raise graph.GraphError("give at least one task id")
+    with store.writing(app.engine) as session:
+        done = store.delete_tasks(session=session, task_ids=task_ids)
+    return Deleted(deleted=done.deleted, runs=done.runs)
+
+
+def delete_run(app: App, name: str, *, force: bool = False) -> Deleted:
+    """Delete a finished run (nothing of it in flight or able to run) with its tasks and
+    their history; ``force`` cancels what is unfinished first."""
+    result = Deleted()
+    if force:
+        cancelled = cancel_run(app, name)
+        result.cancelled = [c.task_id for c in cancelled.cancelled]
+        result.warnings += cancelled.warnings
+    with store.writing(app.engine) as session:
+        view = _run_view(store.require_run(session=session, name=name))
+        if not view.finished:
+            raise store.TaskStateError(
+                f"run {name!r} is {view.state} (" + _counts_line(view.counts) + "): only a"
+                " finished run can be deleted; cancel it first, or add --force"
+            )
+        ids = store.run_task_ids(session=session, name=name)
+        done = store.delete_tasks(session=session, task_ids=ids, run=name)
+    result.deleted, result.runs = done.deleted, done.runs
+    return result
+
+
+def _counts_line(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {s.value}" for s in TaskStatus if (n := counts.get(s.value, 0)))
+
+
+@dataclass
+class Waited:
+    """How ``wait`` ended: ``code`` 0 all done, 1 nothing more can run, 3 timed out."""
+
+    code: int
+    task_ids: list[str] | None
+    """The tasks judged; None: every task of the database."""
+    problems: list[str] = field(default_factory=list)
+    """When stuck: lines naming the failed or cancelled tasks that stop them."""
+    warnings: list[str] = field(default_factory=list)
+
+
+def wait(
+    app: App,
+    *,
+    task_ids: Sequence[str] | None = None,
+    run: str | None = None,
+    timeout: float | None = None,
+    show_progress: bool = False,
+) -> Waited:
+    """Block until the tasks (every task, ``task_ids``, or the run's) are all done, or
+    nothing more of them can run, or ``timeout`` seconds passed."""
+    from bridge import runner
+
+    if task_ids and run is not None:
+        raise graph.GraphError("give task ids or a run, not both")
+    targets: list[str] | None = None
+    with store.reading(app.engine) as session:
+        if run is not None:
+            store.require_run(session=session, name=run)
+            targets = store.run_task_ids(session=session, name=run)
+        elif task_ids:
+            targets = list(dict.fromkeys(task_ids))
+            for task_id in targets:
+                store.require_task(session=session, task_id=task_id)
+    code = runner.wait_for_graph(
+        app.engine, task_ids=targets, timeout=timeout, show_progress=show_progress
+    )
+    result = Waited(code, targets)
+    if code == runner.EXIT_STUCK:
+        if targets is None:
+            from bridge.render import stuck_lines
+
+            result.problems = stuck_lines(progress(app))
+        else:
+            result.problems = runner.report_stuck(app.engine, targets)
+    return result

@@ -14,6 +14,7 @@ from bridge.messages import Dispatch
 from bridge.states import TaskStatus
 from bridge.store.admin import Cancelled, Cleaned, cancel_task, clean, retry_task
 from bridge.store.claims import Claim, claim_external, expire_claims, renew_claim
+from bridge.store.deleting import DeletedTasks, delete_tasks
 from bridge.store.dispatching import (
     claim_ready,
     in_flight,
@@ -41,7 +42,18 @@ from bridge.store.leases import (
 )
 from bridge.store.preflight import is_task_coordinator
 from bridge.store.reports import Applied, apply_reports
-from bridge.store.runs import RUNS, auto_run_name, create_run, get_run, run_exists
+from bridge.store.runs import (
+    RUNS,
+    RunCounts,
+    auto_run_name,
+    create_run,
+    get_run,
+    list_runs,
+    require_run,
+    run_exists,
+    run_task_ids,
+    run_tasks_of_status,
+)
 from bridge.store.schema import namespace, take_tokens
 from bridge.store.tables import EDGES, EVENTS, LEASES, SLOTS, TASKS
 from bridge.store.tasks import (
@@ -91,6 +103,13 @@ __all__ = [
     "get_run",
     "run_exists",
     "RUNS",
+    "RunCounts",
+    "DeletedTasks",
+    "delete_tasks",
+    "list_runs",
+    "require_run",
+    "run_task_ids",
+    "run_tasks_of_status",
     "apply_reports",
     "cancel_task",
     "claim_ready",

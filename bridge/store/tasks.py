@@ -172,10 +172,15 @@ def require_task(*, session: Session, task_id: str) -> Task:
     return task
 
 
-def list_tasks(*, session: Session, status: TaskStatus | None = None) -> list[Task]:
+def list_tasks(
+    *, session: Session, status: TaskStatus | None = None, run: str | None = None
+) -> list[Task]:
+    """Tasks in the order they were added; only those of ``status`` and of ``run``."""
     query = select(Task).order_by(TASKS.c.seq)
     if status is not None:
         query = query.where(TASKS.c.status == status.value)
+    if run is not None:
+        query = query.where(TASKS.c.run == run)
     return list(session.execute(query).scalars())
 
 
