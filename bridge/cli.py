@@ -38,7 +38,7 @@ from bridge.settings import (
 )
 from bridge.states import TaskStatus
 
-CREATING_COMMANDS = frozenset({"add", "run", "submit", "dispatch", "serve"})
+CREATING_COMMANDS = frozenset({"add", "run", "submit", "dispatch", "serve", "mcp"})
 """The only commands that create a missing database; the others say there is none."""
 
 ENV_ONLY_SETTINGS = ("BRIDGE_API_TOKEN", "BRIDGE_API_TOKEN_FILE", "BRIDGE_MAX_BODY")
@@ -1033,6 +1033,18 @@ def graph_(context: Context, task_id: str | None, fmt: str) -> None:
         click.echo(graphtext.mermaid(drawn.nodes, drawn.edges), nl=False)
     if drawn.cut:
         warn(f"only the first {usecases.GRAPH_MAX} tasks are drawn")
+
+
+# ------------------------------------------------------------------------------ mcp
+
+
+@cli.command()
+@pass_context
+def mcp(context: Context) -> None:
+    """Serve bridge's MCP tools on stdin/stdout, for an MCP client (an AI agent)."""
+    from bridge.mcp_server import run_stdio
+
+    run_stdio(context)
 
 
 def main() -> None:

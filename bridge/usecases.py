@@ -1394,3 +1394,48 @@ def task_graph(app: App, root: str | None = None) -> TaskGraph:
             store.require_task(session=session, task_id=root)
         nodes, edges, cut = store.graph_of(session=session, root=root, limit=GRAPH_MAX)
     return TaskGraph(nodes, edges, cut)
+
+
+# ---- mcp: what the MCP server's ``wait_for_tasks`` returns (``bridge.mcp_server``)
+
+WAIT_OUTCOMES = {0: "done", 1: "stuck", 3: "timeout"}
+"""``Waited.code`` as a word an agent reads."""
+
+
+@dataclass
+class WaitedStates:
+    """How a wait ended, with the state of each task waited for (or, when it waited for
+    every task, the counts by state), and what stops a stuck graph."""
+
+    outcome: str
+    states: dict[str, str] | None
+    counts: dict[str, int]
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def waited_states(app: App, waited: Waited) -> WaitedStates:
+    """The states after ``wait``: each of ``waited.task_ids`` (a task deleted meanwhile
+    shows as ``deleted``), or the whole database's counts."""
+    with store.reading(app.engine) as session:
+        if waited.task_ids is None:
+            states = None
+            counts = dict(store.progress(session=session).counts)
+        else:
+            states = {}
+            for task_id in waited.task_ids:
+                task = store.get_task(session=session, task_id=task_id)
+                states[task_id] = "deleted" if task is None else task.status
+            counts = {}
+            for state in states.values():
+                counts[state] = counts.get(state, 0) + 1
+    return WaitedStates(
+        outcome=WAIT_OUTCOMES.get(waited.code, str(waited.code)),
+        states=states,
+        counts=counts,
+        problems=list(waited.problems),
+        warnings=list(waited.warnings),
+    )
