@@ -272,7 +272,7 @@ def http_app(app: App) -> Any:
 def _transport_security(app: App) -> TransportSecuritySettings:
     """Without a token, ``serve`` is loopback only: refuse a Host or Origin that is not
     (DNS rebinding). With one, the token decides, on whatever host serves it."""
-    if getattr(app.settings, "api_token", None):
+    if app.settings.api_token:
         return TransportSecuritySettings(enable_dns_rebinding_protection=False)
     return TransportSecuritySettings(
         enable_dns_rebinding_protection=True,

@@ -128,6 +128,9 @@ def create_app(app: App) -> FastAPI:
         if module is not None:
             web.include_router(module.router)
     if mcp_app is not None:
+        # ``/mcp`` itself too: an MCP client POSTs to the URL as given and a redirect to
+        # ``/mcp/`` is not one every client follows.
+        web.router.add_route("/mcp", mcp_app, include_in_schema=False)
         web.mount("/mcp", mcp_app)
     web.add_middleware(auth.Guard, token=app.settings.api_token, max_body=app.settings.max_body)
     return web
