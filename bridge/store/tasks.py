@@ -316,6 +316,7 @@ def task_dict(task: Task) -> dict[str, Any]:
         "local_id": task.local_id,
         "progress": task.progress,
         "progress_message": task.progress_message,
+        "claim_expires_at": task.claim_expires_at,
     }
 
 
