@@ -591,9 +591,19 @@ def wait(
 @click.option(
     "--run", "run_name", metavar="NAME", help=RUN_HELP + " Run again, it resumes that run."
 )
+@click.option("--serve", is_flag=True, help="Also serve the HTTP API and dashboard meanwhile.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=3335, show_default=True, help="With --serve."
+)
 @pass_context
 def run(
-    context: Context, file_path: str, workers: int, private_redis: bool, run_name: str | None
+    context: Context,
+    file_path: str,
+    workers: int,
+    private_redis: bool,
+    run_name: str | None,
+    serve: bool,
+    port: int,
 ) -> None:
     """Add the graph in FILE (resuming if already added) and run it to the end.
 
@@ -621,6 +631,7 @@ def run(
         workers,
         add=add,
         private_redis=private_redis,
+        serve_port=port if serve else None,
     )
     sys.exit(code)
 
