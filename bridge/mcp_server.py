@@ -13,8 +13,11 @@ from __future__ import annotations
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Annotated, Any
 
+import anyio
+import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.server.transport_security import TransportSecuritySettings
@@ -24,6 +27,7 @@ from pydantic import Field, ValidationError
 from bridge import usecases
 from bridge.app import App
 from bridge.errors import BridgeError
+from bridge.runner import EXIT_TIMEOUT
 
 INSTRUCTIONS = """\
 bridge is a durable task coordinator: a graph of tasks kept in a database, run by
@@ -34,6 +38,8 @@ finish it with complete_task or fail_task, passing that attempt back."""
 
 WAIT_MAX = 3600.0
 """The longest one ``wait_for_tasks`` call may block, in seconds."""
+WAIT_SLICE = 2.0
+"""Seconds of each blocking look while ``wait_for_tasks`` waits."""
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
 WRITES = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
@@ -169,7 +175,7 @@ def build_server(app: App) -> MCPServer:
         }
 
     @server.tool(annotations=READ_ONLY)
-    def wait_for_tasks(
+    async def wait_for_tasks(
         timeout: Annotated[
             float,
             Field(ge=0, le=WAIT_MAX, description="Seconds to wait at most (up to 3600)."),
@@ -182,8 +188,24 @@ def build_server(app: App) -> MCPServer:
         """Block until the tasks (ids, a run's, or else every task) are all done, or
         nothing more of them can run, or the timeout passes. Returns outcome ('done',
         'stuck' or 'timeout'), each task's state, and what stops a stuck graph."""
-        waited = usecases.wait(app, task_ids=ids or None, run=run, timeout=timeout)
-        return usecases.waited_states(app, waited).to_dict()
+        # In slices, each in a worker thread: a long wait holds no thread for long, and
+        # a client that gives up (cancels the request) stops it within a slice.
+        deadline = anyio.current_time() + timeout
+        while True:
+            left = max(0.0, deadline - anyio.current_time())
+            waited = await anyio.to_thread.run_sync(
+                partial(
+                    usecases.wait,
+                    app,
+                    task_ids=ids or None,
+                    run=run,
+                    timeout=min(left, WAIT_SLICE),
+                )
+            )
+            if waited.code != EXIT_TIMEOUT or left <= WAIT_SLICE:
+                break
+        states = await anyio.to_thread.run_sync(usecases.waited_states, app, waited)
+        return states.to_dict()
 
     @server.tool(annotations=READ_ONLY)
     def graph_summary(
@@ -295,7 +317,12 @@ async def lifespan(app: App) -> AsyncIterator[None]:
 
 
 def run_stdio(app: App) -> None:
-    """``bridge mcp``: serve the tools on stdin/stdout until the client closes them."""
+    """``bridge mcp``: serve the tools on stdin/stdout until the client closes them.
+
+    The database is opened first: an unusable one is one ``error:`` line at start, not
+    a failure of every call; and tools run in threads, which must not race to open it.
+    """
+    app.engine  # noqa: B018
     server_for(app).run("stdio")
 
 
