@@ -229,13 +229,14 @@ def build_server(app: App) -> MCPServer:
             Field(description="Kinds you can do; omitted: any external kind."),
         ] = None,
     ) -> dict[str, Any]:
-        """Take the most urgent ready external task. Returns the task, its attempt (pass
-        it to heartbeat_task, complete_task, fail_task) and when the lease lapses unless
-        kept alive; task is null when nothing is ready to claim."""
+        """Take the most urgent ready external task. Returns its id, the task, its
+        attempt (pass id and attempt to heartbeat_task, complete_task, fail_task) and
+        when the lease lapses unless kept alive; task is null when nothing is ready."""
         claimed = usecases.claim(app, worker=worker, kinds=kinds)
         if claimed is None:
-            return {"task": None, "attempt": None, "lease_expires_at": None}
+            return {"id": None, "task": None, "attempt": None, "lease_expires_at": None}
         return {
+            "id": claimed.task["id"],
             "task": claimed.task,
             "attempt": claimed.attempt,
             "lease_expires_at": claimed.lease_expires_at,

@@ -1417,13 +1417,20 @@ class WaitedStates:
         return asdict(self)
 
 
+WAITED_STATES_MAX = 1000
+"""Tasks whose states a wait for every task lists; beyond, only the counts."""
+
+
 def waited_states(app: App, waited: Waited) -> WaitedStates:
     """The states after ``wait``: each of ``waited.task_ids`` (a task deleted meanwhile
-    shows as ``deleted``), or the whole database's counts."""
+    shows as ``deleted``), or, having waited for every task, the counts (and each
+    task's state while there are at most ``WAITED_STATES_MAX``)."""
     with store.reading(app.engine) as session:
         if waited.task_ids is None:
-            states = None
             counts = dict(store.progress(session=session).counts)
+            states = None
+            if sum(counts.values()) <= WAITED_STATES_MAX:
+                states = {t.id: t.status for t in store.list_tasks(session=session)}
         else:
             states = {}
             for task_id in waited.task_ids:

@@ -65,7 +65,7 @@ def test_a_failed_claim_goes_back_and_a_cancelled_one_refuses_a_late_completion(
     # When the agent fails attempt 1, the task is cancelled, and the agent completes late
     seen = drive(scenario, 90)
     # Then the failure left an attempt: the task is available again
-    assert seen["first"]["attempt"] == 1
+    assert seen["first"]["attempt"] == 1 and seen["first"]["id"] == "r/ask"
     assert seen["failed"]["task"]["status"] == "available"
     assert seen["failed"]["task"]["error"] == "no answer"
     assert seen["not_failed"] == (
@@ -99,6 +99,31 @@ def test_waiting_past_the_timeout_says_timeout_with_the_states(app):
     assert waited["outcome"] == "timeout"
     assert waited["states"] == {"slow": "available"}
     assert took >= 2.9
+
+
+def test_waiting_for_every_task_gives_each_state(app):
+    graph = [{"id": "ask", "kind": "external"}, {"id": "other", "kind": "external"}]
+
+    async def scenario() -> dict:
+        async with Client(build_server(app)) as client:
+            await call(client, "add_tasks", {"tasks": graph})
+            for _ in graph:
+                got = await call(client, "claim_task", {"worker": "agent"})
+                await call(client, "complete_task", {"id": got["id"], "attempt": got["attempt"]})
+            nothing = await call(client, "claim_task", {"worker": "agent"})
+            return {
+                "nothing": nothing,
+                "waited": await call(client, "wait_for_tasks", {"timeout": 30}),
+            }
+
+    # Given two external tasks an agent claims and completes
+    seen = drive(scenario, 60)
+    # Then there is nothing more to claim
+    assert seen["nothing"] == {"id": None, "task": None, "attempt": None, "lease_expires_at": None}
+    # And a wait for every task ends done, with each task's state
+    assert seen["waited"]["outcome"] == "done"
+    assert seen["waited"]["states"] == {"ask": "done", "other": "done"}
+    assert seen["waited"]["counts"] == {"done": 2}
 
 
 def test_pages_of_tasks_cover_every_task_once(app):
