@@ -21,7 +21,14 @@ from bridge.broker import (
     Withdrawal,
     WorkerInfo,
 )
-from bridge.external import ClaimError, StaleAttempt, claim_kinds, is_claim, stale_message
+from bridge.external import (
+    EXTERNAL_KIND,
+    ClaimError,
+    StaleAttempt,
+    claim_kinds,
+    is_claim,
+    stale_message,
+)
 from bridge.graph import TaskSpec
 from bridge.messages import Report, output_json
 from bridge.models import Task, TaskEvent, WorkerSlot
@@ -261,9 +268,14 @@ def list_slots(app: App) -> list[WorkerSlot]:
         return store.list_slots(session=session)
 
 
-def explain(task: Task, dependencies: Sequence[tuple[str, str]], *, external: bool = False) -> str:
-    """One sentence on why the task is in its state (``bridge show``); ``external``: an
-    agent claims it (``bridge claim``), no RQ worker runs it."""
+def explain(
+    task: Task, dependencies: Sequence[tuple[str, str]], *, external: bool | None = None
+) -> str:
+    """One sentence on why the task is in its state (``bridge show``). ``external``: an
+    agent claims it (``bridge claim``), no RQ worker runs it (default: its kind is
+    ``external``; callers that know ``BRIDGE_EXTERNAL_KINDS`` say so)."""
+    if external is None:
+        external = task.kind == EXTERNAL_KIND
     if task.status == "available":
         bad = [dep for dep, status in dependencies if status in ("failed", "cancelled")]
         waiting = [dep for dep, status in dependencies if status != "done"]

@@ -68,7 +68,7 @@ def reset_slots(*, session: Session, slots: int) -> list[str]:
 _READY_SQL = (
     "SELECT id, kind, payload, timeout, attempts, queue FROM tasks{hint}"
     " WHERE status = 'available' AND pending_deps = 0"
-    " AND (not_before IS NULL OR not_before <= :now){exclude}"
+    " AND (not_before IS NULL OR not_before <= :now)"
     " ORDER BY priority DESC, seq LIMIT :limit"
 )
 """Literal status and count so the partial index ``ix_tasks_ready`` applies. SQLite
@@ -77,25 +77,25 @@ blocked ones included, and sort them on every tick. PostgreSQL takes the partial
 by itself (no index on ``status`` alone competes with it)."""
 
 
+_READY = {
+    "sqlite": text(_READY_SQL.format(hint=" INDEXED BY ix_tasks_ready")),
+    "other": text(_READY_SQL.format(hint="")),
+}
+
 _EXCLUDE = " AND kind NOT IN :exclude"
 """External kinds: agents claim those tasks (``store.claim_external``), RQ never runs them."""
 
-_READY = {
-    (dialect, excluding): (
-        text(_READY_SQL.format(hint=hint, exclude=_EXCLUDE)).bindparams(
-            bindparam("exclude", expanding=True)
-        )
-        if excluding
-        else text(_READY_SQL.format(hint=hint, exclude=""))
+_READY_EXCLUDING = {
+    name: text(query.text.replace(" ORDER BY", _EXCLUDE + " ORDER BY")).bindparams(
+        bindparam("exclude", expanding=True)
     )
-    for dialect, hint in (("sqlite", " INDEXED BY ix_tasks_ready"), ("other", ""))
-    for excluding in (False, True)
+    for name, query in _READY.items()
 }
 
 
-def _ready_query(session: Session, excluding: bool) -> Any:
+def _ready_query(session: Session, excluding: bool = False) -> Any:
     dialect = session.get_bind().dialect.name
-    return _READY["sqlite" if dialect == "sqlite" else "other", excluding]
+    return (_READY_EXCLUDING if excluding else _READY)["sqlite" if dialect == "sqlite" else "other"]
 
 
 def claim_ready(

@@ -79,6 +79,7 @@ def test_a_claim_takes_the_highest_priority_ready_external_task(app, db_url):
             spec("rq", kind="echo", priority=10),
         ],
     )
+    assert task(app, "high")["why"] == "ready: waiting for an agent to claim it (bridge claim)"
     # When an agent claims
     claimed = usecases.claim(app, worker="agent-1")
     # Then it gets the ready external task of highest priority, working on attempt 1
