@@ -67,14 +67,14 @@ def _one_line(exc: ToolError) -> str | None:
     """The line the client sees for a failed call, or None for a crash."""
     cause = exc.__cause__
     if isinstance(cause, BridgeError):
-        return " ".join(str(cause).split())
+        return str(cause).replace("\n", " ")
     if isinstance(cause, ValidationError):
         return _validation_line(cause)
     if isinstance(cause, ToolError):
-        return " ".join(str(cause).split())
+        return str(cause).replace("\n", " ")
     if isinstance(exc, UnexpectedToolError):
         return None
-    return " ".join(str(exc).split())
+    return str(exc).replace("\n", " ")
 
 
 def _validation_line(error: ValidationError) -> str:
@@ -83,7 +83,7 @@ def _validation_line(error: ValidationError) -> str:
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "arguments"
         parts.append(f"{where}: {item['msg']}")
-    return "bad argument(s): " + "; ".join(parts)
+    return ("bad argument(s): " + "; ".join(parts)).replace("\n", " ")
 
 
 def build_server(app: App) -> MCPServer:
