@@ -301,7 +301,7 @@ def add(
             )
         ]
     added = add_specs(context, specs, skip_same=False, run=run_name)
-    click.echo(f"added {len(added.added)} task(s)" + _in_run(added, run_name))
+    click.echo(f"added {len(added.added)} task(s)" + (f" to run {run_name!r}" if run_name else ""))
 
 
 def _read(path: str) -> str:
@@ -317,11 +317,6 @@ def add_specs(
     result = usecases.add(context, specs, skip_same=skip_same, run=run)
     warn_all(result.warnings)
     return result
-
-
-def _in_run(added: usecases.Added, run_name: str | None) -> str:
-    """`` to run 'NAME'`` when the user named one (their ids are then ``NAME/id``)."""
-    return f" to run {run_name!r}" if run_name is not None and added.run else ""
 
 
 # ------------------------------------------------------------------------------ reading
@@ -619,10 +614,8 @@ def run(
     def add(settings: Settings) -> None:
         context.settings = settings  # the Redis the run resolved, for the wake-up nudge
         result = add_specs(context, specs, skip_same=True, run=run_name)
-        click.echo(
-            f"added {len(result.added)} task(s), {len(result.skipped)} already there"
-            + _in_run(result, run_name)
-        )
+        where = f" (run {run_name!r})" if run_name is not None else ""
+        click.echo(f"added {len(result.added)} task(s), {len(result.skipped)} already there{where}")
 
     code = run_graph(
         context.settings,
