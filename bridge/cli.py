@@ -38,8 +38,11 @@ from bridge.settings import (
 )
 from bridge.states import TaskStatus
 
-CREATING_COMMANDS = frozenset({"add", "run", "submit", "dispatch"})
+CREATING_COMMANDS = frozenset({"add", "run", "submit", "dispatch", "serve", "mcp"})
 """The only commands that create a missing database; the others say there is none."""
+
+ENV_ONLY_SETTINGS = ("BRIDGE_API_TOKEN", "BRIDGE_API_TOKEN_FILE", "BRIDGE_MAX_BODY")
+"""Read from the environment alone: a token on a command line shows in ``ps``."""
 
 FOLLOW_EVERY = 0.5
 """Seconds between looks for new events with ``events --follow``."""
@@ -197,6 +200,19 @@ def warn_all(warnings: list[str]) -> None:
     hidden=True,
     help="Seconds between the dispatcher's retention passes. [default: 3600]",
 )
+@click.option(
+    "--external-kinds",
+    envvar="BRIDGE_EXTERNAL_KINDS",
+    show_envvar=True,
+    help="Comma-separated kinds that agents claim (never sent to RQ), besides 'external'.",
+)
+@click.option(
+    "--claim-ttl",
+    envvar="BRIDGE_CLAIM_TTL",
+    show_envvar=True,
+    type=float,
+    help="Seconds an external task's claim lives without a heartbeat. [default: 60]",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 @click.version_option(package_name="bridge")
 @click.pass_context
@@ -211,8 +227,11 @@ def cli(ctx: click.Context, verbose: bool, **options: Any) -> None:
     if ctx.invoked_subcommand is None:  # plain ``bridge``: the help, not an error
         click.echo(ctx.get_help())
         ctx.exit(0)
+    # Settings only the environment gives (a secret has no command-line option).
+    env_only = {k: v for k, v in os.environ.items() if k in ENV_ONLY_SETTINGS}
     ctx.obj = Context(
-        Settings.from_env({}, **options), create=ctx.invoked_subcommand in CREATING_COMMANDS
+        Settings.from_env(env_only, **options),
+        create=ctx.invoked_subcommand in CREATING_COMMANDS,
     )
 
 
@@ -688,9 +707,19 @@ def wait(
 @click.option(
     "--run", "run_name", metavar="NAME", help=RUN_HELP + " Run again, it resumes that run."
 )
+@click.option("--serve", is_flag=True, help="Also serve the HTTP API and dashboard meanwhile.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=3335, show_default=True, help="With --serve."
+)
 @pass_context
 def run(
-    context: Context, file_path: str, workers: int, private_redis: bool, run_name: str | None
+    context: Context,
+    file_path: str,
+    workers: int,
+    private_redis: bool,
+    run_name: str | None,
+    serve: bool,
+    port: int,
 ) -> None:
     """Add the graph in FILE (resuming if already added) and run it to the end.
 
@@ -716,6 +745,7 @@ def run(
         workers,
         add=add,
         private_redis=private_redis,
+        serve_port=port if serve else None,
     )
     sys.exit(code)
 
@@ -1100,6 +1130,158 @@ def pool_delete(context: Context, name: str) -> None:
     result = usecases.pool_delete(context, name)
     click.echo(f"pool {name!r} deleted")
     warn_all(result.warnings)
+
+
+# ------------------------------------------------------------------------------ external tasks
+
+EXIT_NOTHING_TO_CLAIM = 3
+"""``bridge claim`` found no ready external task: not an error, but a script's loop
+must tell it from a claim (``while ! bridge claim ...; do sleep 5; done``)."""
+
+
+def _attempt_option(function: Any) -> Any:
+    return click.option(
+        "--attempt",
+        type=click.IntRange(min=1),
+        required=True,
+        help="The attempt 'bridge claim' gave (fences off stale and duplicate reports).",
+    )(function)
+
+
+@cli.command()
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    help="Claim only this kind (repeatable). [default: all external]",
+)
+@click.option("--worker", required=True, help="Who claims it (shown as the task's worker).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON: task, attempt, lease_expires_at."
+)
+@pass_context
+def claim(context: Context, kinds: tuple[str, ...], worker: str, as_json: bool) -> None:
+    """Claim a ready external task for an agent or script (exit 3: nothing to claim).
+
+    The task becomes working on a new attempt; keep it with 'bridge heartbeat' before its
+    lease lapses (BRIDGE_CLAIM_TTL), then 'bridge complete' or 'bridge fail' it.
+    """
+    claimed = usecases.claim(context, worker=worker, kinds=list(kinds) or None)
+    if claimed is None:
+        click.echo("nothing to claim: no ready external task", err=True)
+        sys.exit(EXIT_NOTHING_TO_CLAIM)
+    if as_json:
+        render.print_json(claimed.to_dict())
+        return
+    task = claimed.task
+    click.echo(f"claimed task {task['id']!r} attempt {claimed.attempt} (kind {task['kind']})")
+    click.echo(f"lease until {claimed.lease_expires_at[:19]} UTC")
+    if task["description"]:
+        click.echo(f"description: {task['description']}")
+    click.echo(f"payload: {render.json_line(task['payload'])}")
+
+
+def _json_option(text: str, option: str) -> Any:
+    import json
+
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        fail(f"{option} is not valid JSON: {getattr(exc, 'msg', 'nested too deeply')}", 2)
+
+
+@cli.command()
+@click.argument("task_id")
+@_attempt_option
+@pass_context
+def heartbeat(context: Context, task_id: str, attempt: int) -> None:
+    """Keep a claimed external task's lease alive for another BRIDGE_CLAIM_TTL."""
+    expires = usecases.heartbeat(context, task_id, attempt)
+    click.echo(f"task {task_id!r} attempt {attempt}: lease until {expires[:19]} UTC")
+
+
+@cli.command()
+@click.argument("task_id")
+@_attempt_option
+@click.option("--output", "output", help="The result, a JSON value. [default: null]")
+@pass_context
+def complete(context: Context, task_id: str, attempt: int, output: str | None) -> None:
+    """Finish a claimed external task as done (a stale or repeated attempt is refused)."""
+    value = None if output is None else _json_option(output, "--output")
+    task = usecases.complete(context, task_id, attempt, value)
+    click.echo(f"task {task_id!r} attempt {attempt}: {task['status']}")
+
+
+@cli.command("fail")
+@click.argument("task_id")
+@_attempt_option
+@click.option("--error", required=True, help="What went wrong (one line is best).")
+@pass_context
+def fail_(context: Context, task_id: str, attempt: int, error: str) -> None:
+    """Fail a claimed external task: retried if attempts remain (a stale attempt is refused)."""
+    task = usecases.fail(context, task_id, attempt, error)
+    if task["status"] == "available":
+        click.echo(f"task {task_id!r} attempt {attempt} failed; {task['note'] or 'will retry'}")
+    else:
+        click.echo(f"task {task_id!r} attempt {attempt} failed; no attempts left")
+
+
+# ------------------------------------------------------------------------------ web
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=3335, show_default=True)
+@pass_context
+def serve(context: Context, host: str, port: int) -> None:
+    """Serve the HTTP API (and dashboard) until SIGINT/SIGTERM.
+
+    Without BRIDGE_API_TOKEN it listens on loopback only; with it, every route but
+    /healthz and /login asks for the token.
+    """
+    from bridge.web.serving import check_host, serve, url_of
+
+    check_host(host, token=context.settings.api_token)
+    click.echo(f"serving {url_of(host, port)}", err=True)
+    serve(context, host=host, port=port)
+
+
+@cli.command("graph")
+@click.argument("task_id", required=False)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["mermaid", "dot", "json"]),
+    default="mermaid",
+    show_default=True,
+    help="Mermaid flowchart, Graphviz DOT, or JSON nodes and edges.",
+)
+@pass_context
+def graph_(context: Context, task_id: str | None, fmt: str) -> None:
+    """Print the graph TASK_ID belongs to (every task without one), states as colours."""
+    from bridge import graphtext
+
+    drawn = usecases.task_graph(context, task_id)
+    if fmt == "json":
+        render.print_json(drawn.to_dict())
+    elif fmt == "dot":
+        click.echo(graphtext.dot(drawn.nodes, drawn.edges), nl=False)
+    else:
+        click.echo(graphtext.mermaid(drawn.nodes, drawn.edges), nl=False)
+    if drawn.cut:
+        warn(f"only the first {usecases.GRAPH_MAX} tasks are drawn")
+
+
+# ------------------------------------------------------------------------------ mcp
+
+
+@cli.command()
+@pass_context
+def mcp(context: Context) -> None:
+    """Serve bridge's MCP tools on stdin/stdout, for an MCP client (an AI agent)."""
+    from bridge.mcp_server import run_stdio
+
+    run_stdio(context)
 
 
 def main() -> None:

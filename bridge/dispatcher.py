@@ -266,6 +266,7 @@ class Dispatcher:
                         slots=self.settings.slots,
                         max_output=self.settings.max_output,
                         max_inputs=self.settings.max_inputs,
+                        exclude_kinds=self.settings.all_external_kinds,
                     )
                     self._claim_wanted = False
         self._claim_new_queues(dispatches)
@@ -394,6 +395,7 @@ class Dispatcher:
             if isinstance(exc, BrokerUnavailable):
                 raise
             log.error("%s", exc)
+        totals.recovered += self.expire_claims()
         run_id = self.broker.run_id()
         if run_id != self._run_id:
             # What Redis lost shows as lost jobs (sent again); what it kept (a Redis with
@@ -498,6 +500,19 @@ class Dispatcher:
         if failures:
             self._wakeup_stale = True
         return len(dispatches) + len(failures)
+
+    def expire_claims(self) -> int:
+        """Fail external tasks whose claim lapsed (no heartbeat within ``BRIDGE_CLAIM_TTL``),
+        as a dead worker's attempt is failed: retried if attempts remain."""
+        with store.writing(self.engine) as session:
+            expired = store.expire_claims(session=session, max_output=self.settings.max_output)
+        for a in expired:
+            log.warning(
+                "task %r attempt %d failed: %s", a.report.task_id, a.report.attempt, a.report.error
+            )
+        if expired:
+            self._wakeup_stale = True  # a retry's backoff to wake up for
+        return len(expired)
 
     def _observe(self, jobs: dict[str, JobState]) -> dict[str, JobState]:
         """Add how long each job has been seen picked by a worker but not started."""

@@ -26,6 +26,9 @@ DEFAULT_WORKER_CLASS = "fork"
 """RQ's forking worker: a handler that crashes or leaks cannot take the worker down,
 and a running job can be stopped. ``simple`` runs jobs in-process, several times faster."""
 
+DEFAULT_CLAIM_TTL = 60.0
+"""Seconds an external task's claim lives without a heartbeat before it is failed as lost."""
+
 DEFAULT_MAX_OUTPUT = 1024 * 1024
 """Bytes of handler output or error kept in the database; longer text is truncated."""
 
@@ -35,6 +38,8 @@ fails at dispatch, naming its largest dependency."""
 MAX_INPUTS_CAP = MAX_JOB_DATA // 4
 """The highest ``BRIDGE_MAX_INPUTS``: RQ writes a job as ASCII JSON, where escaping can
 triple non-ASCII text, and a worker refuses a job above ``MAX_JOB_DATA``."""
+DEFAULT_MAX_BODY = 10 * 1024 * 1024
+"""Bytes of an HTTP request body ``bridge serve`` accepts; more gets 413."""
 
 
 class SettingsError(BridgeError, ValueError):
@@ -85,6 +90,17 @@ class Settings:
     """True when the user named a Redis URL; ``bridge run`` then never starts its own."""
     max_inputs: int = DEFAULT_MAX_INPUTS
     """``BRIDGE_MAX_INPUTS``: bytes of dependency outputs a job may carry as inputs."""
+    external_kinds: tuple[str, ...] = ()
+    """``BRIDGE_EXTERNAL_KINDS``: kinds claimed by agents, never sent to RQ, besides
+    ``external`` (which always is)."""
+    claim_ttl: float = DEFAULT_CLAIM_TTL
+    """``BRIDGE_CLAIM_TTL``: seconds a claim lives without a heartbeat."""
+    api_token: str | None = field(default=None, repr=False)
+    """``BRIDGE_API_TOKEN`` (or the first line of ``BRIDGE_API_TOKEN_FILE``): when set,
+    ``bridge serve`` asks for it on every route but ``/healthz`` and the sign-in page, and
+    may listen beyond loopback. Never shown (``repr=False``)."""
+    max_body: int = DEFAULT_MAX_BODY
+    """``BRIDGE_MAX_BODY``: bytes of an HTTP request body ``bridge serve`` accepts."""
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -104,10 +120,23 @@ class Settings:
             raise SettingsError(
                 f"BRIDGE_MAX_INPUTS must be from 0 to {MAX_INPUTS_CAP} bytes, got {self.max_inputs}"
             )
+        if self.api_token is not None and not self.api_token.strip():
+            raise SettingsError("BRIDGE_API_TOKEN is empty: give a token or unset it")
+        if self.max_body < 1024:
+            raise SettingsError(f"BRIDGE_MAX_BODY must be at least 1024 bytes, got {self.max_body}")
         if not self.retention_every > 0:
             raise SettingsError(
                 f"BRIDGE_RETENTION_EVERY must be above 0 seconds, got {self.retention_every:g}"
             )
+        if not (0 < self.claim_ttl < float("inf")):
+            raise SettingsError(f"BRIDGE_CLAIM_TTL must be above 0 seconds, got {self.claim_ttl:g}")
+
+    @property
+    def all_external_kinds(self) -> tuple[str, ...]:
+        """``external`` and the configured external kinds, sorted."""
+        from bridge.external import external_kinds
+
+        return external_kinds(self.external_kinds)
 
     @property
     def retention_seconds(self) -> float | None:
@@ -144,10 +173,19 @@ class Settings:
             )
         if env.get("BRIDGE_MAX_INPUTS"):
             values["max_inputs"] = _int("BRIDGE_MAX_INPUTS", env["BRIDGE_MAX_INPUTS"])
+        if env.get("BRIDGE_EXTERNAL_KINDS"):
+            values["external_kinds"] = parse_handlers(env["BRIDGE_EXTERNAL_KINDS"])
+        if env.get("BRIDGE_CLAIM_TTL"):
+            values["claim_ttl"] = _float("BRIDGE_CLAIM_TTL", env["BRIDGE_CLAIM_TTL"])
+        token = api_token_from_env(env)
+        if token is not None:
+            values["api_token"] = token
+        if env.get("BRIDGE_MAX_BODY"):
+            values["max_body"] = _int("BRIDGE_MAX_BODY", env["BRIDGE_MAX_BODY"])
         for key, value in overrides.items():
             if value is None:
                 continue
-            if key == "handlers" and isinstance(value, str):
+            if key in ("handlers", "external_kinds") and isinstance(value, str):
                 value = parse_handlers(value)
             values[key] = value
             if key == "redis_url":
@@ -171,7 +209,30 @@ class Settings:
             "BRIDGE_RETENTION": self.retention or "",
             "BRIDGE_RETENTION_EVERY": repr(self.retention_every),
             "BRIDGE_MAX_INPUTS": str(self.max_inputs),
+            "BRIDGE_EXTERNAL_KINDS": ",".join(self.external_kinds),
+            "BRIDGE_CLAIM_TTL": repr(self.claim_ttl),
+            "BRIDGE_MAX_BODY": str(self.max_body),
+            **({"BRIDGE_API_TOKEN": self.api_token} if self.api_token else {}),
         }
+
+
+def api_token_from_env(env: Mapping[str, str]) -> str | None:
+    """``BRIDGE_API_TOKEN``, else the first line of the file ``BRIDGE_API_TOKEN_FILE`` names
+    (a secret mounted by Docker or systemd); None when neither is set."""
+    if env.get("BRIDGE_API_TOKEN"):
+        return env["BRIDGE_API_TOKEN"].strip()
+    path = env.get("BRIDGE_API_TOKEN_FILE")
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            token = file.readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise SettingsError(f"cannot read BRIDGE_API_TOKEN_FILE {path}: {reason}") from None
+    if not token:
+        raise SettingsError(f"BRIDGE_API_TOKEN_FILE {path} is empty")
+    return token
 
 
 def parse_handlers(text: str) -> tuple[str, ...]:

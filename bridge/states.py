@@ -34,7 +34,9 @@ IN_FLIGHT = frozenset({TaskStatus.QUEUED, TaskStatus.WORKING})
 FINISHED_BADLY = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
-    TaskStatus.AVAILABLE: frozenset({TaskStatus.QUEUED, TaskStatus.CANCELLED, TaskStatus.FAILED}),
+    TaskStatus.AVAILABLE: frozenset(
+        {TaskStatus.QUEUED, TaskStatus.WORKING, TaskStatus.CANCELLED, TaskStatus.FAILED}
+    ),
     TaskStatus.QUEUED: frozenset(
         {
             TaskStatus.WORKING,
@@ -58,7 +60,8 @@ ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.FAILED: frozenset({TaskStatus.AVAILABLE}),
     TaskStatus.CANCELLED: frozenset({TaskStatus.AVAILABLE}),
 }
-"""``queued -> queued`` and ``working -> queued`` are re-dispatches of a lost job
+"""``available -> working`` is an agent claiming an external task (it is never queued);
+``queued -> queued`` and ``working -> queued`` are re-dispatches of a lost job
 (a new attempt); ``-> available`` from in flight is a failed attempt with retries left;
 ``available -> failed`` is a task that cannot be sent at all (its dependencies' outputs
 exceed ``BRIDGE_MAX_INPUTS``): it fails at dispatch, no attempt is made."""

@@ -21,10 +21,19 @@ from bridge.broker import (
     Withdrawal,
     WorkerInfo,
 )
+from bridge.external import (
+    EXTERNAL_KIND,
+    ClaimError,
+    StaleAttempt,
+    claim_kinds,
+    is_claim,
+    stale_message,
+)
 from bridge.graph import TaskSpec
+from bridge.messages import Report, output_json
 from bridge.models import Task, TaskEvent, TaskLog, WorkerSlot
 from bridge.settings import Settings, redact_url
-from bridge.states import FINISHED_BADLY, IN_FLIGHT, TaskStatus
+from bridge.states import FINISHED_BADLY, IN_FLIGHT, ReportKind, TaskStatus
 from bridge.store.adopt import (
     BLOCKED_PREFIX,
     TC_STATUSES,
@@ -69,7 +78,8 @@ def add(
     Warns about kinds no handler module loaded here registers: the tasks are still
     added (workers elsewhere may know them), but a typo should not wait for 3 a.m.
     """
-    warnings = _unknown_kinds(app.settings, [s.kind for s in specs])
+    external = set(app.settings.all_external_kinds)  # agents run those: no handler needed
+    warnings = _unknown_kinds(app.settings, [s.kind for s in specs if s.kind not in external])
     name = run if run is not None else store.auto_run_name()
     if run is not None:
         runs.check_run_name(run)
@@ -146,7 +156,9 @@ def cancel(app: App, task_id: str) -> CancelResult:
         cancelled = store.cancel_task(session=session, task_id=task_id)
     app.nudge()  # its slot is free: let the dispatcher fill it now
     result = CancelResult(task_id, cancelled.previous)
-    if cancelled.job_id is not None:
+    if is_claim(cancelled.job_id):  # an agent's claim has no RQ job: its outcome is refused
+        result.job = "the agent's claim is revoked; its completion will be refused"
+    elif cancelled.job_id is not None:
         try:
             outcome = _cancel_job(app.broker(), cancelled)
             result.job, result.stopped = outcome.message, outcome.stopped
@@ -175,12 +187,13 @@ def clean(app: App) -> Cleaned:
     with store.writing(app.engine) as session:
         cleaned = store.clean(session=session)
     result = Cleaned(cleaned.count)
-    if cleaned.in_flight:
+    jobs = [(job, queue) for job, queue in cleaned.in_flight if not is_claim(job)]
+    if jobs:
         try:
-            _fence_out(app.broker(), cleaned.in_flight)
+            _fence_out(app.broker(), jobs)
         except BrokerError as exc:
             result.warnings.append(
-                f"{_redis_unreachable(app, exc)}; {len(cleaned.in_flight)} job(s) in flight"
+                f"{_redis_unreachable(app, exc)}; {len(jobs)} job(s) in flight"
                 " were not fenced off: they may still run, and their reports are ignored"
             )
     return result
@@ -227,7 +240,10 @@ def show_task(app: App, task_id: str) -> TaskView:
         pool = None
         if task.pool is not None and task.status == "available":
             pool = store.pool_info(session=session, name=task.pool)
-    why = _unserved_queue(app, task) or explain(task, deps, pool=pool)
+    external = task.kind in app.settings.all_external_kinds
+    why = (None if external else _unserved_queue(app, task)) or explain(
+        task, deps, pool=pool, external=external
+    )
     return TaskView(task, deps, why, latest_failure(events))
 
 
@@ -259,10 +275,18 @@ def list_slots(app: App) -> list[WorkerSlot]:
 
 
 def explain(
-    task: Task, dependencies: Sequence[tuple[str, str]], *, pool: "store.PoolInfo | None" = None
+    task: Task,
+    dependencies: Sequence[tuple[str, str]],
+    *,
+    pool: "store.PoolInfo | None" = None,
+    external: bool | None = None,
 ) -> str:
     """One sentence on why the task is in its state (``bridge show``). ``pool`` is the
-    task's pool as it stands (None: no pool of that name exists)."""
+    task's pool as it stands (None: no pool of that name exists). ``external``: an
+    agent claims it (``bridge claim``), no RQ worker runs it (default: its kind is
+    ``external``; callers that know ``BRIDGE_EXTERNAL_KINDS`` say so)."""
+    if external is None:
+        external = task.kind == EXTERNAL_KIND
     if task.status == "available":
         bad = [dep for dep, status in dependencies if status in ("failed", "cancelled")]
         waiting = [dep for dep, status in dependencies if status != "done"]
@@ -276,13 +300,18 @@ def explain(
             return f"delayed until {task.not_before[:19]} UTC"
         if task.not_before:
             return task.note or f"retry backoff until {task.not_before[:19]} UTC"
-        if task.pool is not None:
+        if task.pool is not None and not external:
             waits_for_pool = _pool_wait(task.pool, pool)
             if waits_for_pool:
                 return waits_for_pool
+        if external:
+            return "ready: waiting for an agent to claim it (bridge claim)"
         return "ready: waiting for a free slot and a running dispatcher"
     if task.status == "queued":
         return task.note or "enqueued: waiting for a worker to pick it up"
+    if task.status == "working" and is_claim(task.job_id):
+        lease = f"; lease until {task.claim_expires_at[:19]} UTC" if task.claim_expires_at else ""
+        return f"claimed by {task.worker or 'an agent'}{lease}"
     if task.status == "working":
         return f"running on {task.worker or 'a worker'}"
     return task.note or {
@@ -785,6 +814,117 @@ def adopt(app: App, kind: str) -> Adopted:
     return result
 
 
+# ------------------------------------------------------------------------------ external tasks
+# Agents as workers: a task of an external kind is never sent to RQ; a program claims it,
+# keeps its lease alive and reports its outcome, fenced by attempt like an RQ report.
+# Claims take no slot (see ``bridge.external``).
+
+MAX_WORKER_NAME = 200
+"""Characters of a claiming worker's name kept (it is shown, logged and stored)."""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    task: dict[str, Any]
+    """``store.task_dict`` of the claimed task (now ``working``, at ``attempt``)."""
+    attempt: int
+    lease_expires_at: str
+    """UTC text; heartbeat before then or the claim is failed as lost."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def claim(app: App, *, worker: str, kinds: Sequence[str] | None = None) -> Claimed | None:
+    """Claim the highest-priority ready task of ``kinds`` (default: every external kind)
+    for ``worker``; None when there is none. A kind that is not external is refused."""
+    name = worker.strip() if isinstance(worker, str) else ""
+    if not name or len(name) > MAX_WORKER_NAME or not name.isprintable():
+        raise ClaimError(
+            f"a claim needs a worker name: 1 to {MAX_WORKER_NAME} printable characters"
+        )
+    wanted = claim_kinds(kinds, app.settings.all_external_kinds)
+    with store.writing(app.engine) as session:
+        got = store.claim_external(
+            session=session, kinds=wanted, worker=name, ttl=app.settings.claim_ttl
+        )
+        if got is None:
+            return None
+        task = store.task_dict(store.require_task(session=session, task_id=got.task_id))
+    return Claimed(task, got.attempt, got.lease_expires_at)
+
+
+def heartbeat(app: App, task_id: str, attempt: int) -> str:
+    """Extend the claim of ``attempt`` by ``BRIDGE_CLAIM_TTL``; returns the new expiry.
+    ``StaleAttempt`` when that attempt's claim is not live (lapsed, finished, cancelled)."""
+    with store.writing(app.engine) as session:
+        expires = store.renew_claim(
+            session=session, task_id=task_id, attempt=attempt, ttl=app.settings.claim_ttl
+        )
+        if expires is not None:
+            return expires
+        refused = _stale(app, store.require_task(session=session, task_id=task_id), attempt)
+    raise StaleAttempt(refused)
+
+
+def complete(app: App, task_id: str, attempt: int, output: Any) -> dict[str, Any]:
+    """Finish the claimed ``attempt`` as done with ``output`` (a JSON value); returns the
+    task. A stale or duplicate completion changes nothing and raises ``StaleAttempt``."""
+    try:
+        text = output_json(output, app.settings.max_output)
+    except (TypeError, ValueError) as exc:
+        raise ClaimError(f"output must be a JSON value: {exc}") from None
+    return _finish(app, task_id, attempt, ReportKind.SUCCEEDED, output=text)
+
+
+def fail(app: App, task_id: str, attempt: int, error: str) -> dict[str, Any]:
+    """Fail the claimed ``attempt`` with ``error``: retried after its backoff if attempts
+    remain, else failed. A stale or duplicate failure raises ``StaleAttempt``."""
+    if not isinstance(error, str) or not error.strip():
+        raise ClaimError("a failure needs an error message")
+    return _finish(app, task_id, attempt, ReportKind.FAILED, error=error)
+
+
+def _finish(
+    app: App,
+    task_id: str,
+    attempt: int,
+    kind: ReportKind,
+    *,
+    output: str | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """An agent's outcome as a worker report on the task's current claim, through the same
+    fenced apply as RQ's (a refused one is recorded as ignored, as RQ's are)."""
+    refused: str | None = None
+    with store.writing(app.engine) as session:
+        task = store.require_task(session=session, task_id=task_id)
+        if not is_claim(task.job_id):
+            refused = _stale(app, task, attempt)
+        else:
+            report = Report(
+                task_id, attempt, kind, task.job_id or "", task.worker, output=output, error=error
+            )
+            [applied] = store.apply_reports(
+                session=session, reports=[report], max_output=app.settings.max_output
+            )
+            if applied.target is None:
+                refused = _stale(app, task, attempt)
+            session.expire_all()
+            result = store.task_dict(store.require_task(session=session, task_id=task_id))
+    if refused is not None:
+        raise StaleAttempt(refused)
+    app.nudge()  # dependents may be ready, or a retry's backoff to wait for
+    return result
+
+
+def _stale(app: App, task: Task, attempt: int) -> str:
+    external = is_claim(task.job_id) or task.kind in app.settings.all_external_kinds
+    return stale_message(
+        task.id, attempt, task_attempt=task.attempts, status=task.status, external=external
+    )
+
+
 # ---- runs: listing, waiting for, retrying, cancelling and deleting a run; deleting and
 # waiting for chosen tasks (issue 9, sections 4 and 6). The Python API (bridge.client)
 # goes through these too.
@@ -1281,3 +1421,391 @@ def schedule_remove(app: App, name: str) -> ScheduleRemoved:
     with store.writing(app.engine) as session:
         store.remove_schedule(session=session, name=name)
     return ScheduleRemoved(name)
+
+
+# ---- web: what the HTTP API (``bridge serve``) and ``bridge graph`` ask
+# Paging with a keyset cursor, a task with its neighbours, a summary, the graph, health.
+
+PAGE_LIMIT = 100
+"""Tasks (or events) per page when the caller does not say."""
+PAGE_MAX = 1000
+"""The most a caller may ask for in one page."""
+GRAPH_MAX = 5000
+"""Tasks drawn in one graph; a larger one is cut (and says so)."""
+
+
+def _page_size(limit: int | None) -> int:
+    if limit is None:
+        return PAGE_LIMIT
+    if not 1 <= limit <= PAGE_MAX:
+        raise graph.GraphError(f"limit must be between 1 and {PAGE_MAX}, got {limit}")
+    return limit
+
+
+def _cursor(cursor: str | None) -> int | None:
+    """A cursor is the last row's position as given back by the previous page."""
+    if cursor is None or cursor == "":
+        return None
+    if not cursor.isdigit() or len(cursor) > 18:
+        raise graph.GraphError(f"bad cursor {cursor!r}: pass next_cursor as given")
+    return int(cursor)
+
+
+@dataclass
+class TaskPage:
+    tasks: list[dict[str, Any]]
+    next_cursor: str | None
+    """Pass it back as ``cursor`` for the next page; None when this page is the last."""
+
+
+def page_tasks(
+    app: App,
+    *,
+    status: str | None = None,
+    q: str | None = None,
+    run: str | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> TaskPage:
+    """One page of tasks in insertion order (stable while tasks are added: the cursor
+    is a position, and new tasks come after every existing one)."""
+    size = _page_size(limit)
+    if status is not None:
+        try:
+            TaskStatus(status)
+        except ValueError:
+            raise graph.GraphError(
+                f"unknown status {status!r} (one of: {', '.join(s.value for s in TaskStatus)})"
+            ) from None
+    with store.reading(app.engine) as session:
+        rows = store.page_tasks(
+            session=session,
+            limit=size + 1,
+            status=status,
+            q=q or None,
+            run=run or None,
+            after_seq=_cursor(cursor),
+        )
+    more = len(rows) > size
+    rows = rows[:size]
+    return TaskPage(
+        tasks=[store.task_dict(t) for t in rows],
+        next_cursor=str(rows[-1].seq) if more and rows else None,
+    )
+
+
+def task_detail(app: App, task_id: str) -> dict[str, Any]:
+    """Every field of a task, its dependencies and dependents with their states, the why
+    line and the latest failure's traceback (``GET /api/tasks/{id}``)."""
+    with store.reading(app.engine) as session:
+        task = store.require_task(session=session, task_id=task_id)
+        deps = store.dependency_states(session=session, task_id=task_id)
+        after = store.dependents(session=session, task_id=task_id)
+        events = store.list_events(session=session, task_id=task_id)
+    data = store.task_dict(task)
+    data["why"] = explain(task, deps)
+    data["dependency_states"] = [{"id": i, "status": s} for i, s in deps]
+    data["dependents"] = [{"id": i, "status": s} for i, s in after]
+    data["traceback"] = latest_failure(events)
+    return data
+
+
+def task_json(app: App, task_id: str) -> dict[str, Any]:
+    with store.reading(app.engine) as session:
+        return store.task_dict(store.require_task(session=session, task_id=task_id))
+
+
+def specs_from_json(data: Any) -> list[TaskSpec]:
+    """A request body: one task object or a list of them (a graph), checked as
+    ``bridge add --file`` checks a file."""
+    if isinstance(data, dict):
+        return [graph.spec_from_mapping(data, "task")]
+    if isinstance(data, list):
+        specs = []
+        for index, raw in enumerate(data):
+            if not isinstance(raw, dict):
+                raise graph.GraphError(f"item {index} is not an object")
+            label = f"item {index}" + (
+                f" ({raw['id']!r})" if isinstance(raw.get("id"), str) else ""
+            )
+            specs.append(graph.spec_from_mapping(raw, label))
+        return specs
+    raise graph.GraphError("the body must be a task object or a list of task objects")
+
+
+def page_events(
+    app: App, *, task_id: str | None = None, after: int | None = None, limit: int | None = None
+) -> tuple[list[dict[str, Any]], int | None]:
+    """A page of the audit trail in order, and the ``after`` of the next page (None: last)."""
+    size = _page_size(limit)
+    with store.reading(app.engine) as session:
+        if task_id is not None:
+            store.require_task(session=session, task_id=task_id)
+        rows = store.page_events(session=session, limit=size + 1, task_id=task_id, after=after)
+    more = len(rows) > size
+    rows = rows[:size]
+    events = [event_dict(e) for e in rows]
+    return events, (rows[-1].id if more and rows else None)
+
+
+def event_dict(event: Any) -> dict[str, Any]:
+    return {
+        key: getattr(event, key)
+        for key in ("id", "task_id", "from_status", "to_status", "attempt", "worker", "at")
+    } | {"detail": event.detail}
+
+
+def slot_dicts(app: App) -> list[dict[str, Any]]:
+    return [
+        {
+            "slot": s.slot,
+            "worker_id": s.worker_id,
+            "active": bool(s.active),
+            "task_id": s.task_id,
+            "updated_at": s.updated_at,
+        }
+        for s in list_slots(app)
+    ]
+
+
+def worker_dicts(app: App) -> list[dict[str, Any]]:
+    """The RQ workers on the queue, with the task each runs (from its job id)."""
+    workers = app.broker().workers(app.settings.queue)
+    jobs = [w.current_job for w in workers if w.current_job]
+    with store.reading(app.engine) as session:
+        owners = store.tasks_of_jobs(session=session, job_ids=jobs) if jobs else {}
+    return [
+        {
+            "name": w.name,
+            "state": w.state,
+            "current_task": owners.get(w.current_job) if w.current_job else None,
+            "last_heartbeat": w.last_heartbeat,
+            "queues": [app.settings.queue],
+        }
+        for w in workers
+    ]
+
+
+@dataclass
+class Summary:
+    counts: dict[str, int]
+    total: int
+    in_flight: int
+    slots: int
+    slots_busy: int
+    queue_depth: int | None
+    dispatcher: dict[str, Any] | None
+    runs: int
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["warnings"]
+        return data
+
+
+class LiveCounts:
+    """Tasks by status for a long-running server: counted once, then carried forward by
+    the events after that count (``bridge.tally``), so a summary at 100,000 tasks costs
+    what one at 1,000 does. Deletions leave no event (``clean``, ``db prune``, ``db
+    restore``): a full recount every ``RECOUNT_EVERY`` seconds, or at once when the event
+    ids go back, corrects for them."""
+
+    RECOUNT_EVERY = 60.0
+    BATCH = 5000
+
+    def __init__(self) -> None:
+        import threading
+
+        self.counts: dict[str, int] | None = None
+        self.after = 0
+        self.counted_at = 0.0
+        self.lock = threading.Lock()
+
+    def current(self, app: App) -> dict[str, int]:
+        import time
+
+        from bridge.tally import apply_events
+
+        with self.lock:
+            stale = time.monotonic() - self.counted_at > self.RECOUNT_EVERY
+            if self.counts is None or stale:
+                self._recount(app)
+            assert self.counts is not None
+            while True:
+                with store.reading(app.engine) as session:
+                    events = store.events_after(session=session, after=self.after, limit=self.BATCH)
+                    if not events and store.last_event_id(session=session) < self.after:
+                        self._recount(app)  # events deleted (clean): count again
+                        break
+                apply_events(self.counts, events)
+                if events:
+                    self.after = events[-1]["id"]
+                if len(events) < self.BATCH:
+                    break
+            return dict(self.counts)
+
+    def _recount(self, app: App) -> None:
+        import time
+
+        with store.reading(app.engine) as session:
+            self.counts, self.after = store.counts_at(session=session)
+        self.counted_at = time.monotonic()
+
+
+def summary(app: App, *, live: LiveCounts | None = None) -> Summary:
+    """Counts by status, in flight, slots, queue depth and the dispatcher lease.
+
+    With ``live`` (a server's), the counts are carried forward from the events instead
+    of counted afresh (a full scan of the tasks)."""
+    counts = live.current(app) if live is not None else None
+    with store.reading(app.engine) as session:
+        clock = store.lease_clock(session=session)
+        leases = store.list_leases(session=session, prefix=DISPATCHER_LEASE)
+        if counts is None:
+            counts = dict(store.progress(session=session).counts)
+        slots = store.list_slots(session=session)
+        runs = store.run_count(session=session)
+    result = Summary(
+        counts=counts,
+        total=sum(counts.values()),
+        in_flight=sum(counts.get(s.value, 0) for s in IN_FLIGHT),
+        slots=len(slots),
+        slots_busy=sum(1 for s in slots if s.active),
+        queue_depth=None,
+        dispatcher=_dispatcher(leases, clock),
+        runs=runs,
+    )
+    try:
+        result.queue_depth = app.broker().queued_jobs(app.settings.queue)
+    except BrokerError as exc:
+        result.warnings.append(f"{_redis_unreachable(app, exc)}; queue depth not shown")
+    return result
+
+
+def _dispatcher(leases: Sequence[Any], clock: float) -> dict[str, Any] | None:
+    """The live lease if any, else the latest one (not live); None if none ever."""
+    if not leases:
+        return None
+    best = max(leases, key=lambda lease: lease.expires_at)
+    return {
+        "holder": best.holder,
+        "since": None if best.acquired_at is None else _iso(best.acquired_at),
+        "live": best.expires_at > clock,
+    }
+
+
+@dataclass
+class Health:
+    database: str
+    redis: str
+    dispatcher: dict[str, Any] | None
+
+    @property
+    def ok(self) -> bool:
+        return self.database == "ok" and self.redis == "ok"
+
+
+def health(app: App) -> Health:
+    """Whether the database and Redis answer now, and the dispatcher's lease."""
+    database, dispatcher = "ok", None
+    try:
+        with store.reading(app.engine) as session:
+            store.ping(session=session)
+            clock = store.lease_clock(session=session)
+            dispatcher = _dispatcher(
+                store.list_leases(session=session, prefix=DISPATCHER_LEASE), clock
+            )
+    except Exception as exc:  # noqa: BLE001 (any failure is "not healthy", said in a line)
+        database = _one_line_error(app, exc)
+    redis = "ok"
+    try:
+        app.broker().ping()
+    except Exception as exc:  # noqa: BLE001
+        redis = _one_line_error(app, exc)
+    return Health(database, redis, dispatcher)
+
+
+def _one_line_error(app: App, exc: Exception) -> str:
+    from bridge.settings import redact_text
+
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return redact_text(text, app.settings.database_url, app.settings.redis_url)[:300]
+
+
+@dataclass
+class TaskGraph:
+    nodes: list[dict[str, Any]]
+    edges: list[tuple[str, str]]
+    """``(dependency, task)``."""
+    cut: bool = False
+    """More than ``GRAPH_MAX`` tasks: only the first are drawn."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "nodes": self.nodes,
+            "edges": [{"from": a, "to": b} for a, b in self.edges],
+            "truncated": self.cut,
+        }
+
+
+def task_graph(app: App, root: str | None = None) -> TaskGraph:
+    """The graph ``root`` belongs to (every task linked to it by dependencies, either
+    way), or every task when no root; at most ``GRAPH_MAX`` tasks."""
+    with store.reading(app.engine) as session:
+        if root is not None:
+            store.require_task(session=session, task_id=root)
+        nodes, edges, cut = store.graph_of(session=session, root=root, limit=GRAPH_MAX)
+    return TaskGraph(nodes, edges, cut)
+
+
+# ---- mcp: what the MCP server's ``wait_for_tasks`` returns (``bridge.mcp_server``)
+
+WAIT_OUTCOMES = {0: "done", 1: "stuck", 3: "timeout"}
+"""``Waited.code`` as a word an agent reads."""
+
+
+@dataclass
+class WaitedStates:
+    """How a wait ended, with the state of each task waited for (or, when it waited for
+    every task, the counts by state), and what stops a stuck graph."""
+
+    outcome: str
+    states: dict[str, str] | None
+    counts: dict[str, int]
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+WAITED_STATES_MAX = 1000
+"""Tasks whose states a wait for every task lists; beyond, only the counts."""
+
+
+def waited_states(app: App, waited: Waited) -> WaitedStates:
+    """The states after ``wait``: each of ``waited.task_ids`` (a task deleted meanwhile
+    shows as ``deleted``), or, having waited for every task, the counts (and each
+    task's state while there are at most ``WAITED_STATES_MAX``)."""
+    with store.reading(app.engine) as session:
+        if waited.task_ids is None:
+            counts = dict(store.progress(session=session).counts)
+            states = None
+            if sum(counts.values()) <= WAITED_STATES_MAX:
+                states = {t.id: t.status for t in store.list_tasks(session=session)}
+        else:
+            states = {}
+            for task_id in waited.task_ids:
+                task = store.get_task(session=session, task_id=task_id)
+                states[task_id] = "deleted" if task is None else task.status
+            counts = {}
+            for state in states.values():
+                counts[state] = counts.get(state, 0) + 1
+    return WaitedStates(
+        outcome=WAIT_OUTCOMES.get(waited.code, str(waited.code)),
+        states=states,
+        counts=counts,
+        problems=list(waited.problems),
+        warnings=list(waited.warnings),
+    )

@@ -13,6 +13,7 @@ from sqlmodel import Session
 from bridge.messages import Dispatch
 from bridge.states import TaskStatus
 from bridge.store.admin import Cancelled, Cleaned, cancel_task, clean, retry_task
+from bridge.store.claims import Claim, claim_external, expire_claims, renew_claim
 from bridge.store.deleting import DeletedTasks, delete_tasks
 from bridge.store.dispatching import (
     claim_ready,
@@ -30,6 +31,7 @@ from bridge.store.engine import (
     stamp,
     writing,
 )
+from bridge.store.errors import UnknownTask
 from bridge.store.leases import (
     LeaseInfo,
     acquire_lease,
@@ -93,6 +95,20 @@ from bridge.store.tasks import (
     spec_of,
     task_dict,
 )
+from bridge.store.views import (
+    counts_at,
+    dependents,
+    events_after,
+    graph_of,
+    in_flight_count,
+    last_event_id,
+    page_events,
+    page_tasks,
+    ping,
+    recent_timings,
+    run_count,
+    tasks_of_jobs,
+)
 
 __all__ = [
     "is_task_coordinator",
@@ -105,6 +121,10 @@ __all__ = [
     "AddResult",
     "Applied",
     "Cancelled",
+    "Claim",
+    "claim_external",
+    "expire_claims",
+    "renew_claim",
     "Cleaned",
     "Dispatch",
     "Engine",
@@ -179,4 +199,17 @@ __all__ = [
     "list_schedules",
     "next_schedule_due",
     "remove_schedule",
+    "UnknownTask",
+    "dependents",
+    "events_after",
+    "graph_of",
+    "in_flight_count",
+    "last_event_id",
+    "page_events",
+    "page_tasks",
+    "ping",
+    "recent_timings",
+    "run_count",
+    "tasks_of_jobs",
+    "counts_at",
 ]

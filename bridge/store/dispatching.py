@@ -18,6 +18,7 @@ from bridge.states import (
     TaskStatus,
 )
 from bridge.store import pools, schema
+from bridge.store.claims import NOT_A_CLAIM
 from bridge.store.engine import StoreError, now
 from bridge.store.tables import SLOTS, TASKS, _chunks, _event, _record, _release_slots
 
@@ -26,14 +27,17 @@ def reset_slots(*, session: Session, slots: int) -> list[str]:
     """Free every slot, then give one to each task really in flight (oldest first).
 
     Called when a dispatcher starts: assignments recorded on the tasks are kept,
-    the slot table is rebuilt from them. Returns the in-flight task ids.
+    the slot table is rebuilt from them. Returns the in-flight task ids. Claimed
+    external tasks hold no slot (they have no RQ job) and are left out.
     """
     conn = session.connection()
     at = now()
     in_flight = [
         row.id
         for row in conn.execute(
-            select(TASKS.c.id).where(text(IN_FLIGHT_WHERE)).order_by(TASKS.c.queued_at, TASKS.c.seq)
+            select(TASKS.c.id)
+            .where(text(IN_FLIGHT_WHERE), NOT_A_CLAIM)
+            .order_by(TASKS.c.queued_at, TASKS.c.seq)
         )
     ]
     wanted = max(slots, len(in_flight))
@@ -103,6 +107,9 @@ _READY = {
 }
 """The ready query when no pool is open (the common case, and the one plans are checked on)."""
 
+EXCLUDE_KINDS = "kind NOT IN :exclude"
+"""External kinds: agents claim those tasks (``store.claim_external``), RQ never runs them."""
+
 
 def _ready_query(
     session: Session, conditions: tuple[str, ...] = (), expanding: tuple[str, ...] = ()
@@ -117,6 +124,7 @@ def claim_ready(
     slots: int,
     max_output: int = 1024 * 1024,
     max_inputs: int = DEFAULT_MAX_INPUTS,
+    exclude_kinds: Sequence[str] = (),
 ) -> list[Dispatch]:
     """Move ready tasks into free slots as ``queued``: priority first, then age.
 
@@ -125,7 +133,8 @@ def claim_ready(
     until the count is below it. A task naming a pool is claimed only while its pool
     has a free slot (see ``bridge.store.pools``); a full pool never holds back the
     other ready tasks. Work is proportional to the tasks claimed (partial index),
-    never to history.
+    never to history. Tasks of ``exclude_kinds`` (external kinds) are never claimed
+    here: agents claim them.
     """
     conn = session.connection()
     rows = conn.execute(select(SLOTS.c.slot, SLOTS.c.active).order_by(SLOTS.c.slot)).all()
@@ -134,7 +143,12 @@ def claim_ready(
     if not free:
         return []
     at = now()
-    ready = _ready_rows(session, at, len(free))
+    if exclude_kinds:
+        ready = _ready_rows(
+            session, at, len(free), (EXCLUDE_KINDS,), {"exclude": list(exclude_kinds)}, ("exclude",)
+        )
+    else:
+        ready = _ready_rows(session, at, len(free))
     if not ready:
         return []
     dispatches = _new_attempts(session, ready, max_output, max_inputs)
@@ -382,6 +396,8 @@ def _mark_queued(
 
 
 def in_flight(*, session: Session) -> list[Flight]:
+    """Every task in flight on an RQ job, for reconciliation (claims have none to judge:
+    their lease decides, ``expire_claims``)."""
     rows = session.connection().execute(
         select(
             TASKS.c.id,
@@ -393,7 +409,7 @@ def in_flight(*, session: Session) -> list[Flight]:
             TASKS.c.timeout,
             TASKS.c.worker,
             TASKS.c.queue,
-        ).where(text(IN_FLIGHT_WHERE))
+        ).where(text(IN_FLIGHT_WHERE), NOT_A_CLAIM)
     )
     return [
         Flight(
