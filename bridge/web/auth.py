@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 SESSION_COOKIE = "bridge_session"
 CSRF_COOKIE = "bridge_csrf"
-CSRF_HEADER = "x-csrf-token"
+CSRF_HEADER = b"x-csrf-token"
 OPEN_PATHS = ("/healthz", "/login", "/logout")
 """Routes anyone may call; ``/logout`` only clears cookies."""
 OPEN_PREFIXES = ("/static/",)
@@ -173,7 +173,8 @@ class Guard:
             return lambda send: _json(send, 403, "missing or wrong X-CSRF-Token header")
         if _is_page(scope):
             query = scope.get("query_string", b"").decode("latin-1")
-            target = path + (f"?{query}" if query else "")
+            raw = scope.get("raw_path") or path.encode()  # as sent: an encoded id stays so
+            target = raw.decode("latin-1") + (f"?{query}" if query else "")
             location = "/login?next=" + quote(target, safe="")
             return lambda send: _redirect(send, location)
         if authorization:
