@@ -23,6 +23,7 @@ from bridge.states import ReportKind
 from bridge.store import schema
 from bridge.store.engine import StoreError, now, stamp
 from bridge.store.leases import lease_clock
+from bridge.store.locks import lock_dependency_counts
 from bridge.store.reports import Applied, apply_reports
 from bridge.store.tables import TASKS, _event, _record
 
@@ -147,6 +148,11 @@ def expire_claims(*, session: Session, max_output: int = 1024 * 1024) -> list[Ap
             TASKS.c.id, TASKS.c.attempts, TASKS.c.job_id, TASKS.c.worker, TASKS.c.claim_expires_at
         ).where(text(IN_FLIGHT_WHERE), IS_A_CLAIM, TASKS.c.claim_expires_at < moment)
     ).all()
+    if not lapsed:
+        return []
+    # The lock ``apply_reports`` takes first, taken before any row lock here: an agent's
+    # completion racing this expiry then waits for it instead of deadlocking with it.
+    lock_dependency_counts(session)
     reports: list[Report] = []
     for row in lapsed:
         held = conn.execute(
