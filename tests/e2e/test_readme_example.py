@@ -2,6 +2,7 @@
 imports it (``BRIDGE_HANDLERS``), a dispatcher, and ``python pipeline.py``."""
 
 import inspect
+import os
 import re
 import subprocess
 import sys
@@ -41,7 +42,7 @@ def test_the_readme_python_example_runs_verbatim(tmp_path, bridge_env, processes
     # Given the example as pipeline.py, a worker importing it and a dispatcher
     (tmp_path / "pipeline.py").write_text(readme_example(), encoding="utf-8")
     env = {**bridge_env, "BRIDGE_HANDLERS": "pipeline"}
-    env["PYTHONPATH"] = str(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
     processes.start("dispatch", env=env)
     worker = subprocess.Popen(
         [sys.executable, "-m", "bridge", "worker", "--quiet"],

@@ -343,3 +343,18 @@ def test_client_submits_reads_and_times_out_without_a_dispatcher(db_url, monkeyp
         assert unnamed.name.startswith("add-") and unnamed.ids() == {"b": "b"}
         with pytest.raises(GraphError, match="^run 'r1' already exists$"):
             client.submit(g, run="r1")
+
+
+def test_wait_for_chosen_tasks_names_a_missing_one_and_judges_only_those(app, db_url):
+    usecases.add(app, [spec("a"), spec("b")])
+    with pytest.raises(store.TaskStateError, match="no task 'ghost'"):
+        usecases.wait(app, task_ids=["a", "ghost"], timeout=1)
+    with pytest.raises(GraphError, match="task ids or a run, not both"):
+        usecases.wait(app, task_ids=["a"], run="r", timeout=1)
+    # a done, b failed: waiting for a alone ends 0, for b alone 1, for all 1
+    finish(db_url, "a")
+    set_status(db_url, "b", "failed", attempts=1)
+    assert usecases.wait(app, task_ids=["a"], timeout=10).code == 0
+    stuck = usecases.wait(app, task_ids=["b"], timeout=10)
+    assert stuck.code == 1 and stuck.problems == ["b: failed"]
+    assert usecases.wait(app, timeout=10).code == 1
