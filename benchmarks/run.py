@@ -52,6 +52,7 @@ QUICK = {
     "memory_graph": 2_000,
     "memory_seconds": 2.0,
     "prune": 2_000,
+    "fanin_samples": 5,
     "repeat": 1,
 }
 
@@ -81,6 +82,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add("--slots", type=int, default=64, help="BRIDGE_SLOTS [default: 64]")
     add("--prune", type=int, default=100_000, help="scenario 6: old tasks pruned [default: 100000]")
+    add("--fanin", type=int, default=1_000, help="scenario 7: inputs of the fan-in [default: 1000]")
+    add(
+        "--fanin-samples",
+        type=int,
+        default=21,
+        help="scenario 7: fan-ins timed of each size (median) [default: 21]",
+    )
     add(
         "--database",
         metavar="URL",
@@ -115,7 +123,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.worker_classes = [c.strip() for c in args.worker_classes.split(",") if c.strip()]
     if not args.worker_classes or set(args.worker_classes) - set(WORKER_CLASSES):
         parser.error(f"--worker-classes takes {' and/or '.join(WORKER_CLASSES)}")
-    for name in ("tasks", "chain", "bulk", "repeat", "slots"):
+    for name in ("tasks", "chain", "bulk", "repeat", "slots", "fanin", "fanin_samples"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
     if args.database is not None:
@@ -131,6 +139,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def config_of(args: argparse.Namespace, database: str) -> dict[str, object]:
     keys = ("tasks", "chain", "history", "bulk", "memory_tasks", "memory_graph")
     keys += ("memory_seconds", "prune", "repeat", "worker_classes", "slots", "quick")
+    keys += ("fanin", "fanin_samples")
     return {
         **{k: getattr(args, k) for k in keys},
         "scenarios": sorted(args.only),
@@ -199,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" --bulk {args.bulk} --memory-tasks {args.memory_tasks}"
         f" --memory-graph {args.memory_graph} --memory-seconds {args.memory_seconds:g}"
         + (f" --prune {args.prune}" if "prune" in args.only else "")
+        + (f" --fanin {args.fanin}" if "fanin" in args.only else "")
     )
     print(text_table(rows))
     noise = noise_summary(results.raw)

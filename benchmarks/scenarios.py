@@ -30,6 +30,8 @@ HISTORY_TARGET = 0.9
 BULK_TARGET = 0.5
 MEMORY_LIMIT_MB = 150.0
 PRUNE_TARGET = 0.8
+FANIN_TARGET = 5.0
+"""A 1,000-input fan-in dispatches in under 5x the time of a 1-input task (issue 9)."""
 PROCESSES = ("dispatcher", "worker1", "worker2", "redis", "postgres", "client")
 
 
@@ -470,10 +472,39 @@ def pruning(env: Env, res: Results) -> None:
     )
 
 
-SCENARIOS = ("throughput", "chain", "history", "bulk", "memory", "prune", "api")
+def fanin(env: Env, res: Results) -> None:
+    """Scenario 7: submit -> dispatch of a fan-in over ``--fanin`` done tasks vs over one."""
+    inputs, samples = env.args.fanin, env.args.fanin_samples
+    print(f"[7] fan-in: {inputs} inputs vs 1, {samples} samples each", file=sys.stderr)
+    times = measure.fanin_dispatch(env, inputs, samples)
+    res.raw["fanin_ms"] = times
+    one, many = statistics.median(times["one"]), statistics.median(times["many"])
+    scenario = "7 fan-in"
+    how = "add + claim (inputs gathered and size-checked) + enqueue, in process, median"
+    res.rows.append(
+        Row(scenario, "ms submit->dispatch, 1 input", one, None, None, "(info)", "", how)
+    )
+    res.rows.append(
+        Row(scenario, f"ms submit->dispatch, {inputs} inputs", many, None, None, "(info)", "", how)
+    )
+    res.rows.append(
+        Row(
+            scenario,
+            f"{inputs}-input / 1-input time",
+            None,
+            None,
+            many / one if one else None,
+            f"< {FANIN_TARGET:g}",
+            verdict(one > 0 and many / one < FANIN_TARGET),
+            f"{inputs} inputs: {many:.1f} ms, 1 input: {one:.1f} ms",
+        )
+    )
+
+
+SCENARIOS = ("throughput", "chain", "history", "bulk", "memory", "prune", "api", "fanin")
 DEFAULT_SCENARIOS = ("throughput", "chain", "history", "bulk", "memory")
 """What a plain run measures; ``--only prune`` (or a list naming it) adds scenario 6,
-``--only api`` scenario 7 (``benchmarks/api.py``)."""
+``--only api`` scenario 7 (``benchmarks/api.py``), ``--only fanin`` scenario 8."""
 
 
 def run_all(env: Env, on_error: Callable[[str, Exception], Row]) -> Results:
@@ -498,6 +529,8 @@ def run_all(env: Env, on_error: Callable[[str, Exception], Row]) -> Results:
         from benchmarks.api import api
 
         steps.append(("7 api", lambda: api(env, res)))
+    if "fanin" in only:
+        steps.append(("7 fan-in", lambda: fanin(env, res)))
     for name, step in steps:
         try:
             step()

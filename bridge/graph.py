@@ -192,10 +192,7 @@ def make_spec(
         not_before = parse_time(not_before, task_id)
     if delay is not None:
         delay = parse_delay(delay, task_id)
-    unique_deps: list[str] = []
-    for dep in dependencies:
-        if dep not in unique_deps:
-            unique_deps.append(dep)
+    unique_deps = list(dict.fromkeys(dependencies))  # in order; linear for a wide fan-in
     return TaskSpec(
         id=task_id,
         description=description,

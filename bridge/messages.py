@@ -57,9 +57,11 @@ class Dispatch:
     namespace: str = ""
     """The database's Redis namespace: where the worker sends its reports."""
     max_output: int = 1024 * 1024
-    inputs: dict[str, Any] | None = None
-    """Each dependency's id as the graph wrote it -> its decoded output (``ctx.inputs``);
-    None for a task without dependencies. The dispatcher checked its size."""
+    inputs: dict[str, str | None] | None = None
+    """Each dependency's id as the graph wrote it -> its output as stored (JSON text);
+    None for a task without dependencies. The dispatcher checked their size; the worker
+    decodes them (``decode_output``) only for a handler that asks for its context, so
+    a plain handler's job costs no decoding on either side."""
     run: str | None = None
     """The run the task belongs to (``ctx.run``)."""
     local_id: str | None = None
@@ -117,7 +119,10 @@ class Dispatch:
             raise MessageError(f"not a bridge job (unexpected fields {extra})")
         if not _NAMESPACE.fullmatch(dispatch.namespace):
             raise MessageError("not a bridge job (bad namespace)")
-        if dispatch.inputs is not None and not all(isinstance(k, str) for k in dispatch.inputs):
+        if dispatch.inputs is not None and not all(
+            isinstance(k, str) and (v is None or isinstance(v, str))
+            for k, v in dispatch.inputs.items()
+        ):
             raise MessageError("not a bridge job (field 'inputs' has the wrong type)")
         return dispatch
 
@@ -229,6 +234,17 @@ def truncate(text: str, limit: int) -> str:
         return text
     kept = data[: max(0, limit - 64)].decode("utf-8", "ignore")
     return f"{kept}...[truncated {len(data) - len(kept.encode())} of {len(data)} bytes]"
+
+
+def decode_output(output: str | None) -> Any:
+    """A stored output as the handler returned it; text that is not JSON (a Task
+    Coordinator task's, or one cut to ``BRIDGE_MAX_OUTPUT``) is given as the string."""
+    if output is None:
+        return None
+    try:
+        return json.loads(output)
+    except ValueError:
+        return output
 
 
 def output_json(value: Any, limit: int) -> str:

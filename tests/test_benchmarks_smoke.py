@@ -100,3 +100,22 @@ def test_quick_run_on_postgresql_uses_throwaway_databases_and_drops_them(tmp_pat
             (f"bridge\\_bench\\_{proc.pid}\\_%",),
         ).fetchall()
     assert left == []
+
+
+def test_quick_fanin_reports_both_times_and_their_ratio_against_the_target(tmp_path):
+    # Given the fan-in scenario, small
+    argv = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--only", "fanin"]
+    argv += ["--fanin", "50", "--fanin-samples", "3"]
+    # When it runs
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    # Then it reports submit->dispatch for 1 input and for 50, and their ratio against < 5
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1].removeprefix("BENCH_JSON "))
+    rows = {r["metric"]: r for r in report["results"] if r["scenario"] == "7 fan-in"}
+    one = rows["ms submit->dispatch, 1 input"]["bridge"]
+    many = rows["ms submit->dispatch, 50 inputs"]["bridge"]
+    ratio = rows["50-input / 1-input time"]
+    assert one > 0 and many > 0
+    assert ratio["ratio"] == many / one
+    assert ratio["target"] == "< 5" and ratio["verdict"] in ("PASS", "MISS")
+    assert len(report["runs"]["fanin_ms"]["many"]) == 3

@@ -1,7 +1,6 @@
 """Slots, claiming ready tasks, and re-dispatching lost ones."""
 
 import functools
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -258,7 +257,7 @@ range read, not a query per dependency."""
 
 def _gather_inputs(
     session: Session, runs: dict[str, str | None], limit: int
-) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+) -> tuple[dict[str, dict[str, str | None]], dict[str, str]]:
     """``(inputs by task, why by task for those whose inputs are too large)``, for the
     tasks ``runs`` names (task id -> its run).
 
@@ -282,19 +281,8 @@ def _gather_inputs(
         if problem is not None:
             too_large[task_id] = problem
             continue
-        inputs[task_id] = {name: _decoded(output) for name, output in outputs}
+        inputs[task_id] = dict(outputs)
     return inputs, too_large
-
-
-def _decoded(output: str | None) -> Any:
-    """An output as the handler returned it; text that is not JSON (a Task Coordinator
-    task's, or one cut to ``BRIDGE_MAX_OUTPUT``) is passed on as a string."""
-    if output is None:
-        return None
-    try:
-        return json.loads(output)
-    except ValueError:
-        return output
 
 
 def _fail_unsendable(

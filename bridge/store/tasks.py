@@ -95,10 +95,16 @@ def add_tasks(
     graph.unique_ids(specs)  # before any are set aside as already stored
     lock_dependency_counts(session)  # before the dependencies' status is read
     conn = session.connection()
-    referenced = sorted({s.id for s in specs} | {d for s in specs for d in s.dependencies})
+    own = sorted({s.id for s in specs})
+    others = sorted({d for s in specs for d in s.dependencies} - set(own))
     stored: dict[str, Any] = {}
-    for chunk in _chunks(referenced):
+    for chunk in _chunks(own):
         for row in conn.execute(select(TASKS).where(TASKS.c.id.in_(chunk))):
+            stored[row.id] = row
+    # Dependencies outside the graph: only whether they exist and are done. Whole rows
+    # (outputs included) cost a fan-in over 1,000 stored tasks most of its add.
+    for chunk in _chunks(others):
+        for row in conn.execute(select(TASKS.c.id, TASKS.c.status).where(TASKS.c.id.in_(chunk))):
             stored[row.id] = row
     result = AddResult()
     new_specs: list[TaskSpec] = []

@@ -24,7 +24,7 @@ from bridge.defaults import (
     MAX_LOG_LINES,
     PROGRESS_EVERY,
 )
-from bridge.messages import Dispatch, Report
+from bridge.messages import Dispatch, Report, decode_output
 from bridge.reporting import LogCap, Throttle
 from bridge.states import ReportKind
 
@@ -77,7 +77,9 @@ class TaskContext:
         self.attempt: int = dispatch.attempt
         """This attempt's number, 1 for the first."""
         self.max_attempts: int = dispatch.max_attempts
-        self.inputs: dict[str, Any] = dict(dispatch.inputs or {})
+        self.inputs: dict[str, Any] = {
+            name: decode_output(output) for name, output in (dispatch.inputs or {}).items()
+        }
         """Each dependency's id (as the graph wrote it) -> its decoded output."""
         self.log: logging.Logger = logging.Logger(f"{TASK_LOGGER}.{self.task_id}", logging.DEBUG)
         """A logger whose lines are kept with this attempt (``bridge logs ID``)."""

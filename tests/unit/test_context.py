@@ -25,7 +25,7 @@ DISPATCH = Dispatch(
     payload=None,
     timeout=None,
     namespace="0123456789ab",
-    inputs={"a": 1, "b": {"x": [2]}},
+    inputs={"a": "1", "b": '{"x": [2]}', "c": "not json", "d": None},
     run="nightly",
     local_id="sum",
     max_attempts=3,
@@ -63,7 +63,8 @@ def test_ctx_names_the_task_as_its_graph_wrote_it_with_run_attempt_and_inputs():
     assert ctx.task_id == "sum"
     assert ctx.run == "nightly"
     assert (ctx.attempt, ctx.max_attempts) == (2, 3)
-    assert ctx.inputs == {"a": 1, "b": {"x": [2]}}
+    # (each output decoded; text that is not JSON, as a Task Coordinator's, stays text)
+    assert ctx.inputs == {"a": 1, "b": {"x": [2]}, "c": "not json", "d": None}
     assert ctx.close() == []
 
 

@@ -224,3 +224,39 @@ def test_a_claim_owed_after_a_drain_does_not_wait_for_another_report(setup):
     # Then it looked without waiting (no report will come before this claim) and claimed b
     assert broker.blocks[0] == 0
     assert task(engine, "b").status == "queued"
+
+
+def test_progress_reports_are_applied_without_a_claim_and_do_not_end_a_drain_early(setup):
+    from bridge.messages import Report
+    from bridge.states import ReportKind
+
+    # Given a running task and a ready one waiting for a slot (slots: 2, both busy)
+    settings, engine, broker, d = setup
+    add(engine, *(make_spec(task_id=f"t{n}") for n in range(3)))
+    d.start()
+    d.tick(block=False)
+    job = broker.take()
+    d.tick(block=False)  # the start report
+    # When only a progress report arrives
+    broker._publish(
+        Report(job.task_id, job.attempt, ReportKind.PROGRESS, job.job_id, "w1", progress=0.5)
+    )
+    d._claim_wanted = False  # nothing owed from before
+    stats = d.tick(block=False)
+    # Then it is noted (not counted as applied or ignored), the task keeps its state, and
+    # no claim was made for it
+    assert (stats.noted, stats.applied, stats.ignored, stats.dispatched) == (1, 0, 0, 0)
+    assert task(engine, job.task_id).progress == 0.5
+    assert task(engine, job.task_id).status == "working"
+    assert not d._claim_wanted
+    # And a drain reads past a batch of notes to the outcome behind them
+    broker._publish(
+        Report(job.task_id, job.attempt, ReportKind.PROGRESS, job.job_id, "w1", progress=0.9)
+    )
+    broker.finish(job)
+    read = broker.read_reports
+    broker.read_reports = lambda consumer, *, block_ms, count=1: read(  # one at a time
+        consumer, block_ms=block_ms, count=1
+    )
+    d.drain()
+    assert task(engine, job.task_id).status == "done"

@@ -16,7 +16,7 @@ from sqlalchemy import inspect, select, text
 
 from bridge import graph, store
 from bridge.graph import GraphError, TaskSpec, make_spec
-from bridge.messages import Report, job_id_for
+from bridge.messages import Report, decode_output, job_id_for
 from bridge.states import BACKOFF_BASE, TRANSITION_KINDS, ReportKind, TaskStatus
 from bridge.store import dispatching
 
@@ -1201,6 +1201,11 @@ def log_report(d, *messages) -> Report:
     return Report(d.task_id, d.attempt, ReportKind.LOG, d.job_id, "w1", lines=json.dumps(lines))
 
 
+def decoded(d) -> dict | None:
+    """A dispatch's inputs as the handler's ``ctx.inputs`` sees them."""
+    return None if d.inputs is None else {k: decode_output(v) for k, v in d.inputs.items()}
+
+
 def finish_with(engine, outputs: dict) -> None:
     """Claim what is ready (exactly the tasks of ``outputs``) and finish each with its output."""
     claimed = claim(engine)
@@ -1217,7 +1222,8 @@ def test_a_fan_in_carries_each_dependencys_output_under_its_id(engine):
     (fan_in, lone) = claim(engine)
     # Then its job carries the outputs, decoded, keyed by dependency id
     assert fan_in.task_id == "sum"
-    assert fan_in.inputs == {"a": {"n": [1, 2]}, "b": None}
+    assert decoded(fan_in) == {"a": {"n": [1, 2]}, "b": None}
+    assert fan_in.inputs == {"a": '{"n": [1, 2]}', "b": "null"}  # as stored: not decoded
     assert (fan_in.run, fan_in.local_id, fan_in.max_attempts) == (
         row(engine, "sum")["run"],
         None,
@@ -1241,7 +1247,7 @@ def test_in_a_scoped_run_inputs_and_the_task_are_named_as_the_graph_wrote_them(e
     # Then its own dependency is named as written, the other run's by its stored id
     assert d.task_id == "r1/total"
     assert (d.local_id, d.run, d.max_attempts) == ("total", "r1", 3)
-    assert d.inputs == {"a": "x", "shared": 5}
+    assert decoded(d) == {"a": "x", "shared": 5}
 
 
 def test_an_output_that_is_not_json_is_passed_on_as_text(engine):
@@ -1249,7 +1255,7 @@ def test_an_output_that_is_not_json_is_passed_on_as_text(engine):
     finish_with(engine, {"a": 1})
     write_sql(engine, "UPDATE tasks SET output = 'not json' WHERE id = 'a'")
     (d,) = claim(engine)
-    assert d.inputs == {"a": "not json"}
+    assert decoded(d) == {"a": "not json"}
 
 
 def test_a_fan_in_whose_inputs_are_too_large_fails_at_dispatch_naming_the_largest(engine):
