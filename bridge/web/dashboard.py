@@ -2,15 +2,13 @@
 
 The pages hold no data. Each is a static file whose ES modules call the JSON API and render
 every user-supplied string as text, so nothing a user wrote ever passes through a template
-(the XSS hole the original dashboard had). The one template, the sign-in page, takes only an
-escaped error line and an escaped return path.
+(the XSS hole the original dashboard had). The sign-in page (served by ``bridge.web.auth``)
+takes its look from ``static/login.css``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import html
-import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,7 +16,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 STATIC = Path(__file__).parent / "static"
-TEMPLATES = Path(__file__).parent / "templates"
 
 MEDIA_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -69,19 +66,6 @@ def task_page(task_id: str, request: Request) -> Response:
     return _serve("task.html", request)
 
 
-@router.get("/static/{name:path}")
+@router.api_route("/static/{name:path}", methods=["GET", "HEAD"])
 def static_asset(name: str, request: Request) -> Response:
     return _serve(name, request)
-
-
-def login_page(error: str | None = None, next_path: str = "/") -> str:
-    """The sign-in page (form field ``token``, posting to /login), in the dashboard's look.
-
-    ``web`` serves /login with it; both values are escaped here.
-    """
-    template = (TEMPLATES / "login.html").read_text(encoding="utf-8")
-    values = {
-        "error": f'<p class="message error" role="alert">{html.escape(error)}</p>' if error else "",
-        "next": html.escape(next_path, quote=True),
-    }
-    return re.sub(r"\{(error|next)\}", lambda match: values[match.group(1)], template)
