@@ -48,3 +48,11 @@ def payload_log(payload: Any) -> Any:
         log.flush()
         os.fsync(log.fileno())
     return payload
+
+
+@handler("fail_until")
+def fail_until(payload: Any) -> str:
+    """Fail until the file ``payload["flag"]`` exists: a test fixes the cause, then retries."""
+    if not os.path.exists(payload["flag"]):
+        raise RuntimeError(f"not yet: {payload['flag']} is missing")
+    return "recovered"
