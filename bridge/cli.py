@@ -38,8 +38,11 @@ from bridge.settings import (
 )
 from bridge.states import TaskStatus
 
-CREATING_COMMANDS = frozenset({"add", "run", "dispatch"})
+CREATING_COMMANDS = frozenset({"add", "run", "dispatch", "serve"})
 """The only commands that create a missing database; the others say there is none."""
+
+ENV_ONLY_SETTINGS = ("BRIDGE_API_TOKEN", "BRIDGE_API_TOKEN_FILE", "BRIDGE_MAX_BODY")
+"""Read from the environment alone: a token on a command line shows in ``ps``."""
 
 FOLLOW_EVERY = 0.5
 """Seconds between looks for new events with ``events --follow``."""
@@ -203,8 +206,11 @@ def cli(ctx: click.Context, verbose: bool, **options: Any) -> None:
     if ctx.invoked_subcommand is None:  # plain ``bridge``: the help, not an error
         click.echo(ctx.get_help())
         ctx.exit(0)
+    # Settings only the environment gives (a secret has no command-line option).
+    env_only = {k: v for k, v in os.environ.items() if k in ENV_ONLY_SETTINGS}
     ctx.obj = Context(
-        Settings.from_env({}, **options), create=ctx.invoked_subcommand in CREATING_COMMANDS
+        Settings.from_env(env_only, **options),
+        create=ctx.invoked_subcommand in CREATING_COMMANDS,
     )
 
 
@@ -755,6 +761,52 @@ def adopt(context: Context, kind: str, yes: bool) -> None:
     for line in result.summary():
         click.echo(line)
     warn_all(result.warnings)
+
+
+# ------------------------------------------------------------------------------ web
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=3335, show_default=True)
+@pass_context
+def serve(context: Context, host: str, port: int) -> None:
+    """Serve the HTTP API (and dashboard) until SIGINT/SIGTERM.
+
+    Without BRIDGE_API_TOKEN it listens on loopback only; with it, every route but
+    /healthz and /login asks for the token.
+    """
+    from bridge.web.serving import check_host, serve, url_of
+
+    check_host(host, token=context.settings.api_token)
+    click.echo(f"serving {url_of(host, port)}", err=True)
+    serve(context, host=host, port=port)
+
+
+@cli.command("graph")
+@click.argument("task_id", required=False)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["mermaid", "dot", "json"]),
+    default="mermaid",
+    show_default=True,
+    help="Mermaid flowchart, Graphviz DOT, or JSON nodes and edges.",
+)
+@pass_context
+def graph_(context: Context, task_id: str | None, fmt: str) -> None:
+    """Print the graph TASK_ID belongs to (every task without one), states as colours."""
+    from bridge import graphtext
+
+    drawn = usecases.task_graph(context, task_id)
+    if fmt == "json":
+        render.print_json(drawn.to_dict())
+    elif fmt == "dot":
+        click.echo(graphtext.dot(drawn.nodes, drawn.edges), nl=False)
+    else:
+        click.echo(graphtext.mermaid(drawn.nodes, drawn.edges), nl=False)
+    if drawn.cut:
+        warn(f"only the first {usecases.GRAPH_MAX} tasks are drawn")
 
 
 def main() -> None:

@@ -38,6 +38,14 @@ class GraphError(BridgeError, ValueError):
     """Input that cannot be added; the message is the one line the user sees."""
 
 
+class DuplicateIdError(GraphError):
+    """A task id given twice, or already stored (the HTTP API answers 409)."""
+
+
+class DependencyError(GraphError):
+    """A dependency on an unknown task or on itself, or a cycle (the HTTP API answers 422)."""
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     id: str
@@ -303,12 +311,12 @@ def check_new_graph(
     for spec in specs:
         for dep in spec.dependencies:
             if dep == spec.id:
-                raise GraphError(f"task {spec.id!r} depends on itself")
+                raise DependencyError(f"task {spec.id!r} depends on itself")
             if dep not in new_ids and dep not in known:
-                raise GraphError(f"task {spec.id!r} depends on unknown task {dep!r}")
+                raise DependencyError(f"task {spec.id!r} depends on unknown task {dep!r}")
     cycle = find_cycle(specs)
     if cycle:
-        raise GraphError("dependency cycle: " + " -> ".join(repr(t) for t in cycle))
+        raise DependencyError("dependency cycle: " + " -> ".join(repr(t) for t in cycle))
 
 
 def unique_ids(specs: Iterable[TaskSpec]) -> set[str]:
@@ -316,7 +324,7 @@ def unique_ids(specs: Iterable[TaskSpec]) -> set[str]:
     ids: set[str] = set()
     for spec in specs:
         if spec.id in ids:
-            raise GraphError(f"duplicate task id {spec.id!r}")
+            raise DuplicateIdError(f"duplicate task id {spec.id!r}")
         ids.add(spec.id)
     return ids
 

@@ -29,6 +29,9 @@ and a running job can be stopped. ``simple`` runs jobs in-process, several times
 DEFAULT_MAX_OUTPUT = 1024 * 1024
 """Bytes of handler output or error kept in the database; longer text is truncated."""
 
+DEFAULT_MAX_BODY = 10 * 1024 * 1024
+"""Bytes of an HTTP request body ``bridge serve`` accepts; more gets 413."""
+
 
 class SettingsError(BridgeError, ValueError):
     """A setting has a value that cannot work; the CLI prints it as one line."""
@@ -76,6 +79,12 @@ class Settings:
     """Seconds between the dispatcher's retention passes (``BRIDGE_RETENTION_EVERY``)."""
     redis_explicit: bool = field(default=False, compare=False)
     """True when the user named a Redis URL; ``bridge run`` then never starts its own."""
+    api_token: str | None = field(default=None, repr=False)
+    """``BRIDGE_API_TOKEN`` (or the first line of ``BRIDGE_API_TOKEN_FILE``): when set,
+    ``bridge serve`` asks for it on every route but ``/healthz`` and the sign-in page, and
+    may listen beyond loopback. Never shown (``repr=False``)."""
+    max_body: int = DEFAULT_MAX_BODY
+    """``BRIDGE_MAX_BODY``: bytes of an HTTP request body ``bridge serve`` accepts."""
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -91,6 +100,10 @@ class Settings:
         if self.max_output < 1024:
             raise SettingsError(f"max output must be at least 1024 bytes, got {self.max_output}")
         parse_retention(self.retention)
+        if self.api_token is not None and not self.api_token.strip():
+            raise SettingsError("BRIDGE_API_TOKEN is empty: give a token or unset it")
+        if self.max_body < 1024:
+            raise SettingsError(f"BRIDGE_MAX_BODY must be at least 1024 bytes, got {self.max_body}")
         if not self.retention_every > 0:
             raise SettingsError(
                 f"BRIDGE_RETENTION_EVERY must be above 0 seconds, got {self.retention_every:g}"
@@ -129,6 +142,11 @@ class Settings:
             values["retention_every"] = _float(
                 "BRIDGE_RETENTION_EVERY", env["BRIDGE_RETENTION_EVERY"]
             )
+        token = api_token_from_env(env)
+        if token is not None:
+            values["api_token"] = token
+        if env.get("BRIDGE_MAX_BODY"):
+            values["max_body"] = _int("BRIDGE_MAX_BODY", env["BRIDGE_MAX_BODY"])
         for key, value in overrides.items():
             if value is None:
                 continue
@@ -155,7 +173,28 @@ class Settings:
             "BRIDGE_AUTO_MIGRATE": "1" if self.auto_migrate else "0",
             "BRIDGE_RETENTION": self.retention or "",
             "BRIDGE_RETENTION_EVERY": repr(self.retention_every),
+            "BRIDGE_MAX_BODY": str(self.max_body),
+            **({"BRIDGE_API_TOKEN": self.api_token} if self.api_token else {}),
         }
+
+
+def api_token_from_env(env: Mapping[str, str]) -> str | None:
+    """``BRIDGE_API_TOKEN``, else the first line of the file ``BRIDGE_API_TOKEN_FILE`` names
+    (a secret mounted by Docker or systemd); None when neither is set."""
+    if env.get("BRIDGE_API_TOKEN"):
+        return env["BRIDGE_API_TOKEN"].strip()
+    path = env.get("BRIDGE_API_TOKEN_FILE")
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            token = file.readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise SettingsError(f"cannot read BRIDGE_API_TOKEN_FILE {path}: {reason}") from None
+    if not token:
+        raise SettingsError(f"BRIDGE_API_TOKEN_FILE {path} is empty")
+    return token
 
 
 def parse_handlers(text: str) -> tuple[str, ...]:

@@ -752,3 +752,285 @@ def adopt(app: App, kind: str) -> Adopted:
         )
     result.warnings += _unknown_kinds(app.settings, [kind])
     return result
+
+
+# ---- web: what the HTTP API (``bridge serve``) and ``bridge graph`` ask
+# Paging with a keyset cursor, a task with its neighbours, a summary, the graph, health.
+
+PAGE_LIMIT = 100
+"""Tasks (or events) per page when the caller does not say."""
+PAGE_MAX = 1000
+"""The most a caller may ask for in one page."""
+GRAPH_MAX = 5000
+"""Tasks drawn in one graph; a larger one is cut (and says so)."""
+
+
+def _page_size(limit: int | None) -> int:
+    if limit is None:
+        return PAGE_LIMIT
+    if not 1 <= limit <= PAGE_MAX:
+        raise graph.GraphError(f"limit must be between 1 and {PAGE_MAX}, got {limit}")
+    return limit
+
+
+def _cursor(cursor: str | None) -> int | None:
+    """A cursor is the last row's position as given back by the previous page."""
+    if cursor is None or cursor == "":
+        return None
+    if not cursor.isdigit() or len(cursor) > 18:
+        raise graph.GraphError(f"bad cursor {cursor!r}: pass next_cursor as given")
+    return int(cursor)
+
+
+@dataclass
+class TaskPage:
+    tasks: list[dict[str, Any]]
+    next_cursor: str | None
+    """Pass it back as ``cursor`` for the next page; None when this page is the last."""
+
+
+def page_tasks(
+    app: App,
+    *,
+    status: str | None = None,
+    q: str | None = None,
+    run: str | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> TaskPage:
+    """One page of tasks in insertion order (stable while tasks are added: the cursor
+    is a position, and new tasks come after every existing one)."""
+    size = _page_size(limit)
+    if status is not None:
+        try:
+            TaskStatus(status)
+        except ValueError:
+            raise graph.GraphError(
+                f"unknown status {status!r} (one of: {', '.join(s.value for s in TaskStatus)})"
+            ) from None
+    with store.reading(app.engine) as session:
+        rows = store.page_tasks(
+            session=session,
+            limit=size + 1,
+            status=status,
+            q=q or None,
+            run=run or None,
+            after_seq=_cursor(cursor),
+        )
+    more = len(rows) > size
+    rows = rows[:size]
+    return TaskPage(
+        tasks=[store.task_dict(t) for t in rows],
+        next_cursor=str(rows[-1].seq) if more and rows else None,
+    )
+
+
+def task_detail(app: App, task_id: str) -> dict[str, Any]:
+    """Every field of a task, its dependencies and dependents with their states, the why
+    line and the latest failure's traceback (``GET /api/tasks/{id}``)."""
+    with store.reading(app.engine) as session:
+        task = store.require_task(session=session, task_id=task_id)
+        deps = store.dependency_states(session=session, task_id=task_id)
+        after = store.dependents(session=session, task_id=task_id)
+        events = store.list_events(session=session, task_id=task_id)
+    data = store.task_dict(task)
+    data["why"] = explain(task, deps)
+    data["dependency_states"] = [{"id": i, "status": s} for i, s in deps]
+    data["dependents"] = [{"id": i, "status": s} for i, s in after]
+    data["traceback"] = latest_failure(events)
+    return data
+
+
+def task_json(app: App, task_id: str) -> dict[str, Any]:
+    with store.reading(app.engine) as session:
+        return store.task_dict(store.require_task(session=session, task_id=task_id))
+
+
+def specs_from_json(data: Any) -> list[TaskSpec]:
+    """A request body: one task object or a list of them (a graph), checked as
+    ``bridge add --file`` checks a file."""
+    if isinstance(data, dict):
+        return [graph.spec_from_mapping(data, "task")]
+    if isinstance(data, list):
+        specs = []
+        for index, raw in enumerate(data):
+            if not isinstance(raw, dict):
+                raise graph.GraphError(f"item {index} is not an object")
+            label = f"item {index}" + (
+                f" ({raw['id']!r})" if isinstance(raw.get("id"), str) else ""
+            )
+            specs.append(graph.spec_from_mapping(raw, label))
+        return specs
+    raise graph.GraphError("the body must be a task object or a list of task objects")
+
+
+def page_events(
+    app: App, *, task_id: str | None = None, after: int | None = None, limit: int | None = None
+) -> tuple[list[dict[str, Any]], int | None]:
+    """A page of the audit trail in order, and the ``after`` of the next page (None: last)."""
+    size = _page_size(limit)
+    with store.reading(app.engine) as session:
+        if task_id is not None:
+            store.require_task(session=session, task_id=task_id)
+        rows = store.page_events(session=session, limit=size + 1, task_id=task_id, after=after)
+    more = len(rows) > size
+    rows = rows[:size]
+    events = [event_dict(e) for e in rows]
+    return events, (rows[-1].id if more and rows else None)
+
+
+def event_dict(event: Any) -> dict[str, Any]:
+    return {
+        key: getattr(event, key)
+        for key in ("id", "task_id", "from_status", "to_status", "attempt", "worker", "at")
+    } | {"detail": event.detail}
+
+
+def slot_dicts(app: App) -> list[dict[str, Any]]:
+    return [
+        {
+            "slot": s.slot,
+            "worker_id": s.worker_id,
+            "active": bool(s.active),
+            "task_id": s.task_id,
+            "updated_at": s.updated_at,
+        }
+        for s in list_slots(app)
+    ]
+
+
+def worker_dicts(app: App) -> list[dict[str, Any]]:
+    """The RQ workers on the queue, with the task each runs (from its job id)."""
+    workers = app.broker().workers(app.settings.queue)
+    jobs = [w.current_job for w in workers if w.current_job]
+    with store.reading(app.engine) as session:
+        owners = store.tasks_of_jobs(session=session, job_ids=jobs) if jobs else {}
+    return [
+        {
+            "name": w.name,
+            "state": w.state,
+            "current_task": owners.get(w.current_job) if w.current_job else None,
+            "last_heartbeat": w.last_heartbeat,
+            "queues": [app.settings.queue],
+        }
+        for w in workers
+    ]
+
+
+@dataclass
+class Summary:
+    counts: dict[str, int]
+    total: int
+    in_flight: int
+    slots: int
+    slots_busy: int
+    queue_depth: int | None
+    dispatcher: dict[str, Any] | None
+    runs: int
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["warnings"]
+        return data
+
+
+def summary(app: App) -> Summary:
+    """Counts by status, in flight, slots, queue depth and the dispatcher lease."""
+    with store.reading(app.engine) as session:
+        clock = store.lease_clock(session=session)
+        leases = store.list_leases(session=session, prefix=DISPATCHER_LEASE)
+        counts = dict(store.progress(session=session).counts)
+        slots = store.list_slots(session=session)
+        runs = store.run_count(session=session)
+    result = Summary(
+        counts=counts,
+        total=sum(counts.values()),
+        in_flight=sum(counts.get(s.value, 0) for s in IN_FLIGHT),
+        slots=len(slots),
+        slots_busy=sum(1 for s in slots if s.active),
+        queue_depth=None,
+        dispatcher=_dispatcher(leases, clock),
+        runs=runs,
+    )
+    try:
+        result.queue_depth = app.broker().queued_jobs(app.settings.queue)
+    except BrokerError as exc:
+        result.warnings.append(f"{_redis_unreachable(app, exc)}; queue depth not shown")
+    return result
+
+
+def _dispatcher(leases: Sequence[Any], clock: float) -> dict[str, Any] | None:
+    """The live lease if any, else the latest one (not live); None if none ever."""
+    if not leases:
+        return None
+    best = max(leases, key=lambda lease: lease.expires_at)
+    return {
+        "holder": best.holder,
+        "since": None if best.acquired_at is None else _iso(best.acquired_at),
+        "live": best.expires_at > clock,
+    }
+
+
+@dataclass
+class Health:
+    database: str
+    redis: str
+    dispatcher: dict[str, Any] | None
+
+    @property
+    def ok(self) -> bool:
+        return self.database == "ok" and self.redis == "ok"
+
+
+def health(app: App) -> Health:
+    """Whether the database and Redis answer now, and the dispatcher's lease."""
+    database, dispatcher = "ok", None
+    try:
+        with store.reading(app.engine) as session:
+            store.ping(session=session)
+            clock = store.lease_clock(session=session)
+            dispatcher = _dispatcher(
+                store.list_leases(session=session, prefix=DISPATCHER_LEASE), clock
+            )
+    except Exception as exc:  # noqa: BLE001 (any failure is "not healthy", said in a line)
+        database = _one_line_error(app, exc)
+    redis = "ok"
+    try:
+        app.broker().ping()
+    except Exception as exc:  # noqa: BLE001
+        redis = _one_line_error(app, exc)
+    return Health(database, redis, dispatcher)
+
+
+def _one_line_error(app: App, exc: Exception) -> str:
+    from bridge.settings import redact_text
+
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return redact_text(text, app.settings.database_url, app.settings.redis_url)[:300]
+
+
+@dataclass
+class TaskGraph:
+    nodes: list[dict[str, Any]]
+    edges: list[tuple[str, str]]
+    """``(dependency, task)``."""
+    cut: bool = False
+    """More than ``GRAPH_MAX`` tasks: only the first are drawn."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "nodes": self.nodes,
+            "edges": [{"from": a, "to": b} for a, b in self.edges],
+            "truncated": self.cut,
+        }
+
+
+def task_graph(app: App, root: str | None = None) -> TaskGraph:
+    """The graph ``root`` belongs to (every task linked to it by dependencies, either
+    way), or every task when no root; at most ``GRAPH_MAX`` tasks."""
+    with store.reading(app.engine) as session:
+        if root is not None:
+            store.require_task(session=session, task_id=root)
+        nodes, edges, cut = store.graph_of(session=session, root=root, limit=GRAPH_MAX)
+    return TaskGraph(nodes, edges, cut)

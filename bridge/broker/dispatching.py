@@ -298,6 +298,11 @@ class Broker:
     def queued_jobs(self, queue: str) -> int:
         return int(self.client.llen(self.queue(queue).key))
 
+    @translated
+    def ping(self) -> None:
+        """Raise ``BrokerUnavailable`` unless Redis answers now (``/healthz``)."""
+        self.client.ping()
+
     # ------------------------------------------------------------------ reports in
 
     @translated

@@ -29,6 +29,7 @@ from bridge.store.engine import (
     stamp,
     writing,
 )
+from bridge.store.errors import UnknownTask
 from bridge.store.leases import (
     LeaseInfo,
     acquire_lease,
@@ -58,6 +59,19 @@ from bridge.store.tasks import (
     require_task,
     spec_of,
     task_dict,
+)
+from bridge.store.views import (
+    dependents,
+    events_after,
+    graph_of,
+    in_flight_count,
+    last_event_id,
+    page_events,
+    page_tasks,
+    ping,
+    recent_timings,
+    run_count,
+    tasks_of_jobs,
 )
 
 __all__ = [
@@ -118,4 +132,16 @@ __all__ = [
     "take_tokens",
     "task_dict",
     "writing",
+    "UnknownTask",
+    "dependents",
+    "events_after",
+    "graph_of",
+    "in_flight_count",
+    "last_event_id",
+    "page_events",
+    "page_tasks",
+    "ping",
+    "recent_timings",
+    "run_count",
+    "tasks_of_jobs",
 ]

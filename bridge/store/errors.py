@@ -10,3 +10,7 @@ class StoreError(BridgeError):
 
 class TaskStateError(StoreError):
     """The task exists but its state does not allow the request."""
+
+
+class UnknownTask(TaskStateError):
+    """No task has the id asked for (the HTTP API answers 404, not 409)."""

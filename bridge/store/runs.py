@@ -13,7 +13,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from bridge.graph import GraphError
+from bridge.graph import DuplicateIdError
 from bridge.models import Run
 from bridge.store.engine import now
 
@@ -50,7 +50,7 @@ def create_run(
                 )
             )
     except IntegrityError:
-        raise GraphError(f"run {name!r} already exists") from None
+        raise DuplicateIdError(f"run {name!r} already exists") from None
 
 
 def get_run(*, session: Session, name: str) -> Run | None:

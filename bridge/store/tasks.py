@@ -11,14 +11,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from bridge import graph
-from bridge.graph import GraphError, TaskSpec
+from bridge.graph import DuplicateIdError, TaskSpec
 from bridge.models import Task, TaskEvent, WorkerSlot
 from bridge.states import (
     FINISHED_BADLY,
     IN_FLIGHT,
     TaskStatus,
 )
-from bridge.store.engine import TaskStateError, now, stamp
+from bridge.store.engine import now, stamp
+from bridge.store.errors import UnknownTask
 from bridge.store.locks import lock_dependency_counts
 from bridge.store.tables import EDGES, EVENTS, SLOTS, TASKS, _chunks, _event, _record
 
@@ -108,9 +109,9 @@ def add_tasks(
         elif skip_same and graph.same_definition(spec, spec_of(row)):
             result.skipped.append(spec.id)
         elif skip_same:
-            raise GraphError(f"task {spec.id!r} already exists with a different definition")
+            raise DuplicateIdError(f"task {spec.id!r} already exists with a different definition")
         else:
-            raise GraphError(f"task {spec.id!r} already exists")
+            raise DuplicateIdError(f"task {spec.id!r} already exists")
     graph.check_new_graph(new_specs, existing=stored.keys(), max_payload=max_payload)
     if not new_specs:
         return result
@@ -155,7 +156,7 @@ def add_tasks(
         if edge_rows:
             conn.execute(insert(EDGES), edge_rows)
     except IntegrityError as exc:  # a concurrent add of the same id
-        raise GraphError(f"task already exists: {exc.orig}") from None
+        raise DuplicateIdError(f"task already exists: {exc.orig}") from None
     _record(session, [_event(s.id, None, "available", 0, at, "added") for s in new_specs])
     result.added = [s.id for s in new_specs]
     return result
@@ -168,7 +169,7 @@ def get_task(*, session: Session, task_id: str) -> Task | None:
 def require_task(*, session: Session, task_id: str) -> Task:
     task = get_task(session=session, task_id=task_id)
     if task is None:
-        raise TaskStateError(f"no task {task_id!r}")
+        raise UnknownTask(f"no task {task_id!r}")
     return task
 
 

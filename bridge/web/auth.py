@@ -1,0 +1,222 @@
+"""Who may call ``bridge serve``: a bearer token, or the sign-in cookie with CSRF.
+
+One ASGI middleware does what every response needs before any route runs: it
+refuses a body over the limit (413), checks auth when a token is set, and adds the
+security headers (a Content-Security-Policy without inline scripts or styles).
+The session cookie holds an HMAC of the token, never the token; a state-changing
+request signed in by cookie must echo the ``bridge_csrf`` cookie in ``X-CSRF-Token``.
+"""
+
+import hashlib
+import hmac
+import html
+import json
+import secrets
+from collections.abc import Awaitable, Callable, MutableMapping
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import quote
+
+SESSION_COOKIE = "bridge_session"
+CSRF_COOKIE = "bridge_csrf"
+CSRF_HEADER = "x-csrf-token"
+OPEN_PATHS = ("/healthz", "/login", "/logout")
+"""Routes anyone may call; ``/logout`` only clears cookies."""
+OPEN_PREFIXES = ("/static/",)
+PAGE_PREFIXES = ("/tasks/",)
+"""HTML pages: an unauthenticated request is sent to the sign-in page, not given 401."""
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+    " connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+SECURITY_HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def session_value(token: str) -> str:
+    """The session cookie's value: an HMAC keyed by the token (so it changes with it)."""
+    return hmac.new(token.encode(), b"bridge_session v1", hashlib.sha256).hexdigest()
+
+
+def new_csrf() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def safe_next(target: str | None) -> str:
+    """Where to go after signing in: a path on this site, else ``/``."""
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return "/"
+    if "\\" in target or any(ord(c) < 32 for c in target):
+        return "/"
+    return target
+
+
+def cookies_of(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    jar: SimpleCookie = SimpleCookie()
+    for name, value in headers:
+        if name == b"cookie":
+            try:
+                jar.load(value.decode("latin-1"))
+            except Exception:  # noqa: BLE001 (a malformed cookie is no cookie)
+                continue
+    return {key: morsel.value for key, morsel in jar.items()}
+
+
+def header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def same(given: str | None, expected: str) -> bool:
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def login_page(*, error: str | None = None, next_path: str = "/") -> str:
+    """The sign-in form (no inline script or style: the CSP forbids them)."""
+    message = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        "<title>Sign in · bridge</title>"
+        '<link rel="stylesheet" href="/static/login.css"></head>'
+        '<body><main class="login"><h1>bridge</h1>'
+        f"{message}"
+        '<form method="post" action="/login">'
+        '<label for="token">API token</label>'
+        '<input id="token" name="token" type="password" autocomplete="current-password"'
+        " autofocus required>"
+        f'<input type="hidden" name="next" value="{html.escape(safe_next(next_path))}">'
+        '<button type="submit">Sign in</button></form></main></body></html>\n'
+    )
+
+
+class Guard:
+    """The ASGI middleware: body limit, auth, security headers."""
+
+    def __init__(self, app: ASGIApp, *, token: str | None, max_body: int) -> None:
+        self.app = app
+        self.token = token
+        self.session = session_value(token) if token else None
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_secured(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers += [(k, v) for k, v in SECURITY_HEADERS if k not in present]
+                message["headers"] = headers
+            await send(message)
+
+        headers = scope.get("headers", [])
+        length = header(headers, b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            await _json(send_secured, 413, f"request body over {self.max_body} bytes")
+            return
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            await refusal(send_secured)
+            return
+        await self.app(scope, self._limited(receive), send_secured)
+
+    def _limited(self, receive: Receive) -> Receive:
+        """A body sent without a length (chunked) is cut off at the limit too."""
+        seen = 0
+        limit = self.max_body
+
+        async def wrapped() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        return wrapped
+
+    def _refusal(self, scope: Scope) -> Callable[[Send], Awaitable[None]] | None:
+        if self.token is None or self.session is None:
+            return None
+        path = scope.get("path", "")
+        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+            return None
+        headers = scope.get("headers", [])
+        authorization = header(headers, b"authorization") or ""
+        scheme, _, credential = authorization.partition(" ")
+        if scheme.lower() == "bearer" and same(credential.strip(), self.token):
+            return None
+        cookies = cookies_of(headers)
+        if same(cookies.get(SESSION_COOKIE), self.session):
+            if scope.get("method", "GET") not in UNSAFE_METHODS:
+                return None
+            csrf = cookies.get(CSRF_COOKIE)
+            if csrf and same(header(headers, CSRF_HEADER), csrf):
+                return None
+            return lambda send: _json(send, 403, "missing or wrong X-CSRF-Token header")
+        if _is_page(scope):
+            query = scope.get("query_string", b"").decode("latin-1")
+            target = path + (f"?{query}" if query else "")
+            location = "/login?next=" + quote(target, safe="")
+            return lambda send: _redirect(send, location)
+        if authorization:
+            return lambda send: _json(send, 401, "wrong API token")
+        return lambda send: _json(
+            send, 401, "authentication required: send Authorization: Bearer <token>"
+        )
+
+
+class BodyTooLarge(Exception):
+    """Raised from ``receive`` when a body without a length passes the limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body over {limit} bytes")
+
+
+def _is_page(scope: Scope) -> bool:
+    path = scope.get("path", "")
+    return scope.get("method") == "GET" and (path == "/" or path.startswith(PAGE_PREFIXES))
+
+
+async def _json(send: Send, status: int, error: str) -> None:
+    body = json.dumps({"error": error}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            + ([(b"www-authenticate", b"Bearer")] if status == 401 else []),
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _redirect(send: Send, location: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 303,
+            "headers": [(b"location", location.encode()), (b"content-length", b"0")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})

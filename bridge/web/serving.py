@@ -1,0 +1,61 @@
+"""Running the HTTP app: where it may listen, and uvicorn in this process."""
+
+import ipaddress
+
+from bridge.app import App
+from bridge.errors import BridgeError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 3335
+SHUTDOWN_GRACE = 3
+"""Seconds open connections (live streams) get to end on SIGTERM."""
+
+
+class ServeError(BridgeError):
+    """``bridge serve`` cannot listen as asked."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_host(host: str, *, token: str | None) -> None:
+    """Without a token the API is open to whoever reaches it: loopback only."""
+    if token is None and not is_loopback(host):
+        raise ServeError(
+            f"refusing to listen on {host} without a token: anyone who reaches it could"
+            " change tasks; set BRIDGE_API_TOKEN (or BRIDGE_API_TOKEN_FILE), or use"
+            " --host 127.0.0.1"
+        )
+
+
+def url_of(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    if host in ("0.0.0.0", "::"):
+        shown = "127.0.0.1"
+    return f"http://{shown}:{port}/"
+
+
+def serve(app: App, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+    """Serve until SIGINT/SIGTERM (uvicorn handles both and shuts down cleanly)."""
+    import uvicorn
+
+    from bridge.web.app import create_app
+
+    check_host(host, token=app.settings.api_token)
+    app.engine  # noqa: B018 (open, maybe create, the database before the first request)
+    config = uvicorn.Config(
+        create_app(app),
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
+        server_header=False,
+    )
+    uvicorn.Server(config).run()

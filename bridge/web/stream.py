@@ -1,0 +1,111 @@
+"""``GET /api/stream``: server-sent events, one per task state change.
+
+One shared poller (``EventHub``) reads ``task_events`` for every client at once, so
+twenty open dashboards cost one indexed query per tick, not twenty. It keeps the
+latest events in memory; a client resuming from an older ``Last-Event-ID`` than the
+buffer holds catches up from the database once, then follows the hub.
+"""
+
+import asyncio
+import contextlib
+import json
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from bridge import store
+from bridge.app import App
+
+POLL_EVERY = 0.5
+"""Seconds between the hub's looks at ``task_events`` (a finished task shows within it)."""
+HEARTBEAT_EVERY = 15.0
+"""Seconds of silence after which a client gets a comment line (keeps proxies open)."""
+BUFFER = 5000
+"""Events the hub keeps for clients that fall behind."""
+BATCH = 1000
+"""Events read per query."""
+
+FIELDS = ("id", "task_id", "from_status", "to_status", "attempt", "at")
+
+
+class EventHub:
+    """The one reader of new events for every SSE client of this process."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.events: deque[dict[str, Any]] = deque(maxlen=BUFFER)
+        self.last_id = 0
+        self.changed = asyncio.Condition()
+        self.closed = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.last_id = await run_in_threadpool(self._last_id)
+        self._task = asyncio.create_task(self._poll())
+
+    async def stop(self) -> None:
+        self.closed = True
+        async with self.changed:
+            self.changed.notify_all()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _last_id(self) -> int:
+        with store.reading(self.app.engine) as session:
+            return store.last_event_id(session=session)
+
+    def _read(self, after: int, limit: int = BATCH) -> list[dict[str, Any]]:
+        with store.reading(self.app.engine) as session:
+            rows = store.events_after(session=session, after=after, limit=limit)
+        return [{key: row[key] for key in FIELDS} for row in rows]
+
+    async def _poll(self) -> None:
+        while not self.closed:
+            try:
+                fresh = await run_in_threadpool(self._read, self.last_id)
+            except Exception:  # noqa: BLE001 (a locked or gone database: try next tick)
+                fresh = []
+            if fresh:
+                self.events.extend(fresh)
+                self.last_id = fresh[-1]["id"]
+                async with self.changed:
+                    self.changed.notify_all()
+                if len(fresh) == BATCH:
+                    continue  # more waiting: read on without sleeping
+            await asyncio.sleep(POLL_EVERY)
+
+    def _floor(self) -> int:
+        """Events after this id are all in the buffer."""
+        return self.events[0]["id"] - 1 if self.events else self.last_id
+
+    async def follow(self, after: int | None) -> AsyncIterator[dict[str, Any] | None]:
+        """Events after ``after`` (None: from now on), and None for each quiet interval."""
+        cursor = self.last_id if after is None else after
+        while not self.closed:
+            if cursor < self._floor():  # resumed from before the buffer: catch up once
+                for event in await run_in_threadpool(self._read, cursor):
+                    cursor = event["id"]
+                    yield event
+                continue
+            pending = [e for e in self.events if e["id"] > cursor] if cursor < self.last_id else []
+            if pending:
+                for event in pending:
+                    cursor = event["id"]
+                    yield event
+                continue
+            async with self.changed:
+                try:
+                    await asyncio.wait_for(self.changed.wait(), HEARTBEAT_EVERY)
+                except asyncio.TimeoutError:
+                    yield None
+
+
+def sse(event: dict[str, Any] | None) -> bytes:
+    if event is None:
+        return b": keep-alive\n\n"
+    data = json.dumps(event, separators=(",", ":"))
+    return f"id: {event['id']}\nevent: task\ndata: {data}\n\n".encode()
