@@ -523,8 +523,14 @@ def wait(context: Context, timeout: float | None, quiet: bool) -> None:
     is_flag=True,
     help="Start a private Redis for this run (unix socket, random password) even if one answers.",
 )
+@click.option("--serve", is_flag=True, help="Also serve the HTTP API and dashboard meanwhile.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=3335, show_default=True, help="With --serve."
+)
 @pass_context
-def run(context: Context, file_path: str, workers: int, private_redis: bool) -> None:
+def run(
+    context: Context, file_path: str, workers: int, private_redis: bool, serve: bool, port: int
+) -> None:
     """Add the graph in FILE (resuming if already added) and run it to the end.
 
     Exit 0 when FILE's tasks are all done, 1 when nothing more of them can run,
@@ -548,6 +554,7 @@ def run(context: Context, file_path: str, workers: int, private_redis: bool) -> 
         workers,
         add=add,
         private_redis=private_redis,
+        serve_port=port if serve else None,
     )
     sys.exit(code)
 

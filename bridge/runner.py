@@ -227,11 +227,22 @@ class Supervisor:
     dies without stopping them (Linux).
     """
 
-    def __init__(self, settings: Settings, workers: int, log_dir: Path) -> None:
+    def __init__(
+        self, settings: Settings, workers: int, log_dir: Path, *, serve_port: int | None = None
+    ) -> None:
         self.env = {**os.environ, **settings.as_env()}
         base = [sys.executable, "-m", "bridge"]
         tag = f"{socket.gethostname()}-run{os.getpid()}"
         self.dispatcher = Child("dispatcher", [*base, "dispatch"], log_dir / "dispatcher.log")
+        self.server = (
+            None
+            if serve_port is None
+            else Child(
+                "serve",
+                [*base, "serve", "--host", "127.0.0.1", "--port", str(serve_port)],
+                log_dir / "serve.log",
+            )
+        )
         self.workers = [
             Child(
                 f"worker-{n}",
@@ -244,7 +255,7 @@ class Supervisor:
 
     @property
     def children(self) -> list[Child]:
-        return [self.dispatcher, *self.workers]
+        return [self.dispatcher, *self.workers, *([self.server] if self.server else [])]
 
     def start(self) -> None:
         for child in self.children:
@@ -307,7 +318,8 @@ class Supervisor:
         workers = [c for c in self.workers if c.running]
         killed = _stop_group(workers, escalated)
         dispatcher = [self.dispatcher] if self.dispatcher.running else []
-        killed = _stop_group(dispatcher, escalated) or killed
+        server = [self.server] if self.server is not None and self.server.running else []
+        killed = _stop_group(dispatcher + server, escalated) or killed
         for child in self.children:
             child.restart_at = None
         return len(workers), bool(dispatcher), killed
@@ -396,6 +408,7 @@ def run_graph(
     *,
     add: Callable[[Settings], None],
     private_redis: bool = False,
+    serve_port: int | None = None,
 ) -> int:
     """Resolve Redis, ``add`` the graph, run it with real processes, stop them all.
 
@@ -403,7 +416,8 @@ def run_graph(
     opened) when nothing can run it.
     Every way this ends (graph done or stuck, a stop signal, a second one, an
     error) stops what it started in order and says so in one line; the logs
-    folder is removed after a success and named otherwise.
+    folder is removed after a success and named otherwise. With ``serve_port``,
+    ``bridge serve`` runs beside them (loopback) while the graph runs.
     """
     with StopSignals() as signals:
         settings, private = resolve_redis(settings, private=private_redis)
@@ -418,8 +432,10 @@ def run_graph(
             signals.check()
             adopt_orphans()
             log_dir = Path(tempfile.mkdtemp(prefix="bridge-run-"))
-            supervisor = Supervisor(settings, workers, log_dir)
+            supervisor = Supervisor(settings, workers, log_dir, serve_port=serve_port)
             supervisor.start()
+            if serve_port is not None:
+                say(f"dashboard: http://127.0.0.1:{serve_port}/ (log: {log_dir / 'serve.log'})")
 
             def poll() -> None:
                 signals.check()
