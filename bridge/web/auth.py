@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 SESSION_COOKIE = "bridge_session"
 CSRF_COOKIE = "bridge_csrf"
-CSRF_HEADER = "x-csrf-token"
+CSRF_HEADER = b"x-csrf-token"
 OPEN_PATHS = ("/healthz", "/login", "/logout")
 """Routes anyone may call; ``/logout`` only clears cookies."""
 OPEN_PREFIXES = ("/static/",)

@@ -87,22 +87,33 @@ def test_sign_in_see_counts_open_a_failed_task_retry_it_and_see_its_graph(page, 
     expect(page.locator("#task-id")).to_have_text("c")
 
 
-def test_a_task_that_finishes_shows_done_live_without_a_reload(page, stack):
+def test_a_task_that_finishes_shows_done_live_without_a_reload(page, stack, tmp_path):
     # Given a signed-in dashboard showing a task that is working
+    flag = tmp_path / "finish"
     stack.add(
-        [{"id": "slow", "description": "takes a while", "kind": "sleep", "payload": {"seconds": 3}}]
+        [
+            {
+                "id": "slow",
+                "description": "runs until told",
+                "kind": "wait_for",
+                "payload": {"flag": str(flag)},
+            }
+        ]
     )
     sign_in(page, stack, "/")
     expect(row(page, "slow").locator(".badge")).to_have_text("working", timeout=60_000)
     expect(count(page, "done")).to_have_text("0")
+    expect(count(page, "working")).to_have_text("1")
     page.evaluate("window.__same_page = true")
-    # When it finishes in the database
+    # When it finishes
+    flag.write_text("go")
     wait_until(lambda: status_of(stack, "slow") == "done", timeout=60, every=0.05)
     finished = time.monotonic()
     # Then the row and the counts show it done, on the same page (no reload)
     expect(row(page, "slow").locator(".badge")).to_have_text("done", timeout=10_000)
     shown = time.monotonic() - finished
     expect(count(page, "done")).to_have_text("1", timeout=10_000)
+    expect(count(page, "working")).to_have_text("0", timeout=10_000)
     assert page.evaluate("window.__same_page") is True
     print(f"done shown {shown:.2f}s after the database had it")
     assert shown < 5, f"done shown only after {shown:.2f}s"
