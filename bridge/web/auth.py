@@ -173,7 +173,8 @@ class Guard:
             return lambda send: _json(send, 403, "missing or wrong X-CSRF-Token header")
         if _is_page(scope):
             query = scope.get("query_string", b"").decode("latin-1")
-            target = path + (f"?{query}" if query else "")
+            raw = scope.get("raw_path") or path.encode()  # as sent: an encoded id stays so
+            target = raw.decode("latin-1") + (f"?{query}" if query else "")
             location = "/login?next=" + quote(target, safe="")
             return lambda send: _redirect(send, location)
         if authorization:
