@@ -54,8 +54,11 @@ def test_sign_in_see_counts_open_a_failed_task_retry_it_and_see_its_graph(page, 
     expect(count(page, "")).to_have_text("3")
     expect(row(page, "b").locator(".badge")).to_have_text("failed")
     shoot(page, "dashboard-signed-in")
-    # When they open the failed task from the table
-    page.get_by_role("link", name="b", exact=True).first.click()
+    # When they open the failed task from the table with the keyboard (j j Enter)
+    for key in ("j", "j", "k", "j"):
+        page.locator("body").press(key)
+    expect(page.locator("#rows tr.selected")).to_have_attribute("data-id", "b")
+    page.locator("body").press("Enter")
     page.wait_for_url("**/tasks/b")
     # Then its page shows the state, the error, its neighbours and the why line
     expect(page.locator("#task-status .badge")).to_have_text("failed")

@@ -1,6 +1,6 @@
 // Shared helpers of the dashboard pages: DOM building (text only), the JSON API, the live stream.
 // Every string that came from a user (ids, descriptions, outputs, errors, worker names) reaches
-// the page through textContent or a text node, never through innerHTML.
+// the page through textContent or a text node, never parsed as HTML markup.
 
 export const STATES = ["available", "queued", "working", "done", "failed", "cancelled"];
 

@@ -44,25 +44,30 @@ async function loadSummary() {
   const summary = await api("/api/summary");
   const counts = summary.counts || {};
   const buttons = [["", "all", summary.total ?? 0], ...STATES.map((s) => [s, s, counts[s] ?? 0])];
-  fill(
-    $("counts"),
-    buttons.map(([value, label, n]) => {
-      const button = el(
-        "button",
-        {
-          type: "button",
-          class: `count ${value ? "st-" + value : ""} ${state.status === value ? "active" : ""}`,
-          "data-status": value,
-          "aria-pressed": state.status === value ? "true" : "false",
-          "aria-label": `${label}: ${n}`,
-        },
-        el("span", { class: "n" }, String(n)),
-        el("span", { class: "l" }, label),
-      );
-      button.addEventListener("click", () => setStatus(value));
-      return button;
-    }),
-  );
+  const box = $("counts");
+  if (box.children.length !== buttons.length) {
+    // Built once and then updated in place, so keyboard focus stays on a count.
+    fill(
+      box,
+      buttons.map(([value, label]) => {
+        const button = el(
+          "button",
+          { type: "button", class: `count ${value ? "st-" + value : ""}`, "data-status": value },
+          el("span", { class: "n" }, ""),
+          el("span", { class: "l" }, label),
+        );
+        button.addEventListener("click", () => setStatus(value));
+        return button;
+      }),
+    );
+  }
+  buttons.forEach(([value, label, n], index) => {
+    const button = box.children[index];
+    button.querySelector(".n").textContent = String(n);
+    button.classList.toggle("active", state.status === value);
+    button.setAttribute("aria-pressed", state.status === value ? "true" : "false");
+    button.setAttribute("aria-label", `${label}: ${n}`);
+  });
   const dispatcher = summary.dispatcher;
   const facts = [
     ["in flight", `${summary.in_flight ?? 0} / ${summary.slots ?? 0} slots`],
