@@ -189,6 +189,16 @@ function restart() {
   loadPage();
 }
 
+/** Take the search and run fields as they are now (typing is debounced before this). */
+function applyFilters() {
+  const q = $("search").value.trim();
+  const run = $("run").value.trim();
+  if (q === state.q && run === state.run) return;
+  state.q = q;
+  state.run = run;
+  restart();
+}
+
 function setStatus(value) {
   state.status = value;
   $("status").value = value;
@@ -280,8 +290,11 @@ function onTaskEvent(event) {
 // ---- keyboard
 
 function onKey(event) {
-  if (event.key === "Escape" && event.target === $("search")) {
-    $("search").blur();
+  if (event.key === "Escape" && (event.target === $("search") || event.target === $("run"))) {
+    event.preventDefault();
+    event.target.value = "";
+    applyFilters();
+    event.target.blur();
     return;
   }
   if (typing(event)) return;
@@ -335,16 +348,11 @@ function start() {
   readLocation();
   setupSignOut($("sign-out"));
   $("filters").addEventListener("submit", (event) => event.preventDefault());
-  const search = debounce(() => {
-    const q = $("search").value.trim();
-    const run = $("run").value.trim();
-    if (q === state.q && run === state.run) return;
-    state.q = q;
-    state.run = run;
-    restart();
-  }, 250);
-  $("search").addEventListener("input", search);
-  $("run").addEventListener("input", search);
+  const search = debounce(applyFilters, 250);
+  for (const input of [$("search"), $("run")]) {
+    input.addEventListener("input", search);
+    input.addEventListener("search", search); // the field's own clear button
+  }
   $("status").addEventListener("change", () => setStatus($("status").value));
   $("next").addEventListener("click", () => {
     if (!state.next) return;

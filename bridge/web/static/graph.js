@@ -38,23 +38,56 @@ export function layers(nodes, edges) {
   return { depth, incoming };
 }
 
+/** The part of a big graph around `current`: breadth first over dependencies both ways. */
+export function near(nodes, edges, current, limit = MAX_NODES) {
+  const links = new Map(nodes.map((n) => [n.id, []]));
+  for (const edge of edges) {
+    if (!links.has(edge.from) || !links.has(edge.to)) continue;
+    links.get(edge.from).push(edge.to);
+    links.get(edge.to).push(edge.from);
+  }
+  const start = links.has(current) ? current : nodes[0].id;
+  const kept = new Set([start]);
+  let frontier = [...kept];
+  while (frontier.length && kept.size < limit) {
+    const next = [];
+    for (const id of frontier) {
+      for (const other of links.get(id)) {
+        if (kept.size >= limit) break;
+        if (!kept.has(other)) {
+          kept.add(other);
+          next.push(other);
+        }
+      }
+    }
+    frontier = next;
+  }
+  return {
+    nodes: nodes.filter((n) => kept.has(n.id)),
+    edges: edges.filter((e) => kept.has(e.from) && kept.has(e.to)),
+  };
+}
+
 function shorten(text, max) {
   return text.length > max ? text.slice(0, max - 1) + "…" : text;
 }
 
-/** Render {nodes, edges} into container; `current` is the id to emphasise. */
+/**
+ * Render {nodes, edges} into container; `current` is the id to emphasise. Returns a line
+ * to show beside the drawing when not all of the graph is drawn (else null).
+ */
 export function drawGraph(container, graph, current) {
-  const nodes = graph.nodes || [];
-  const edges = graph.edges || [];
+  let nodes = graph.nodes || [];
+  let edges = graph.edges || [];
   if (nodes.length === 0) {
     container.replaceChildren(el("p", { class: "empty" }, "No graph to draw."));
-    return;
+    return null;
   }
+  let note = graph.truncated ? `The graph was cut at ${nodes.length} tasks.` : null;
   if (nodes.length > MAX_NODES) {
-    container.replaceChildren(
-      el("p", { class: "empty" }, `This graph has ${nodes.length} tasks: too many to draw here.`),
-    );
-    return;
+    ({ nodes, edges } = near(nodes, edges, current));
+    note = `Showing the ${nodes.length} tasks nearest this one, of ${graph.nodes.length}` +
+      (graph.truncated ? " or more." : ".");
   }
   const { depth, incoming } = layers(nodes, edges);
   const columns = [];
@@ -151,4 +184,5 @@ export function drawGraph(container, graph, current) {
     container.scrollLeft = Math.max(0, mine.x - container.clientWidth / 2 + NODE_W / 2);
     container.scrollTop = Math.max(0, mine.y - container.clientHeight / 2 + NODE_H / 2);
   }
+  return note;
 }

@@ -11,6 +11,7 @@ const taskId = decodeURIComponent(location.pathname.replace(/^\/tasks\//, ""));
 let task = null;
 let graphIds = new Set([taskId]);
 
+const PEERS_SHOWN = 200;
 const RETRYABLE = new Set(["failed", "cancelled"]);
 const CANCELLABLE = new Set(["available", "queued", "working"]);
 
@@ -34,9 +35,13 @@ function peers(list, items, empty) {
     fill(list, el("li", { class: "muted" }, empty));
     return;
   }
+  const shown = items.slice(0, PEERS_SHOWN);
   fill(
     list,
-    items.map((item) =>
+    items.length > shown.length
+      ? el("li", { class: "muted" }, `${items.length} tasks; the first ${shown.length}:`)
+      : null,
+    shown.map((item) =>
       el(
         "li",
         {},
@@ -152,7 +157,9 @@ async function loadGraph() {
   }
   graphIds = new Set((graph.nodes || []).map((node) => node.id));
   graphIds.add(taskId);
-  drawGraph($("graph"), graph, taskId);
+  const note = drawGraph($("graph"), graph, taskId);
+  $("graph-note").textContent = note ?? "";
+  $("graph-note").classList.toggle("hidden", !note);
   $("graph").dataset.drawn = "true";
 }
 
