@@ -61,6 +61,7 @@ from bridge.store.tasks import (
     task_dict,
 )
 from bridge.store.views import (
+    counts_at,
     dependents,
     events_after,
     graph_of,
@@ -144,4 +145,5 @@ __all__ = [
     "recent_timings",
     "run_count",
     "tasks_of_jobs",
+    "counts_at",
 ]

@@ -187,3 +187,16 @@ def tasks_of_jobs(*, session: Session, job_ids: Sequence[str]) -> dict[str, str]
         ):
             found[row.job_id] = row.id
     return found
+
+
+def counts_at(*, session: Session) -> tuple[dict[str, int], int]:
+    """Tasks by status and the last event id, read in one transaction (a full scan: the
+    live counts take it once, then follow the events after that id)."""
+    last = last_event_id(session=session)
+    counts = {
+        status: int(n)
+        for status, n in session.execute(
+            select(TASKS.c.status, func.count()).group_by(TASKS.c.status)
+        )
+    }
+    return counts, last

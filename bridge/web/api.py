@@ -141,7 +141,7 @@ def list_workers(request: Request) -> dict[str, Any]:
 
 @router.get("/api/summary", summary="Counts, in flight, slots, queue depth, dispatcher")
 def summary(request: Request) -> dict[str, Any]:
-    return usecases.summary(bridge_app(request)).to_dict()
+    return usecases.summary(bridge_app(request), live=request.app.state.counts).to_dict()
 
 
 @router.get(

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bridge import usecases
 from bridge.app import App
 from bridge.errors import BridgeError
 from bridge.graph import DependencyError, DuplicateIdError
@@ -50,8 +51,6 @@ def error_status(exc: BridgeError) -> int:
         return 409
     if isinstance(exc, DependencyError):
         return 422
-    from bridge import usecases
-
     stale = getattr(usecases, "StaleAttempt", None)
     if stale is not None and isinstance(exc, stale):
         return 409
@@ -92,6 +91,7 @@ def create_app(app: App) -> FastAPI:
         redoc_url=None,
     )
     web.state.bridge = app
+    web.state.counts = usecases.LiveCounts()
 
     @web.exception_handler(BridgeError)
     async def bridge_error(_request: Request, exc: BridgeError) -> JSONResponse:

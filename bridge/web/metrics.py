@@ -96,13 +96,14 @@ class EventTallies:
 
 
 class BridgeCollector(Collector):
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, live: usecases.LiveCounts | None = None) -> None:
         self.app = app
+        self.live = live
         self.tallies = EventTallies()
 
     def collect(self) -> Iterator[Any]:
         app = self.app
-        summary = usecases.summary(app)
+        summary = usecases.summary(app, live=self.live)
         tasks = GaugeMetricFamily("bridge_tasks", "Tasks by status", labels=["status"])
         for status in TaskStatus:
             tasks.add_metric([status.value], summary.counts.get(status.value, 0))
@@ -173,6 +174,6 @@ def metrics(request: Request) -> Response:
     state = request.app.state
     if not hasattr(state, "metrics_registry"):
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(BridgeCollector(state.bridge))
+        registry.register(BridgeCollector(state.bridge, state.counts))
         state.metrics_registry = registry
     return Response(generate_latest(state.metrics_registry), media_type=CONTENT_TYPE_LATEST)

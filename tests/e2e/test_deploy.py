@@ -168,8 +168,10 @@ def test_compose_postgres_file_points_the_dispatcher_at_a_postgres_service():
     )
     assert {"postgres", "redis"} <= depends_on(services["dispatch"])
     assert services["dispatch"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    # And it overrides only the dispatcher: workers still need nothing but Redis
-    assert set(services) == {"postgres", "dispatch"}
+    # And it overrides only the dispatcher and the web API (same database): workers still
+    # need nothing but Redis
+    assert set(services) == {"postgres", "dispatch", "web"}
+    assert environment(services["web"]) == environment(services["dispatch"])
     assert "dispatch" in base["services"] and "worker" not in services
     # And the image both files build has the PostgreSQL driver (the postgres extra)
     assert "[postgres]" in (ROOT / "Dockerfile").read_text()

@@ -271,3 +271,15 @@ def test_unknown_routes_answer_json_404(api):
     response = api.get("/api/nothing")
     assert response.status_code == 404 and set(response.json()) == {"error"}
     assert isinstance(httpx.Response, type)
+
+
+def test_summary_counts_follow_changes_and_a_clean(api, server):
+    api.post("/api/tasks", json=[{"id": "a"}, {"id": "b"}])
+    assert api.get("/api/summary").json()["counts"] == {"available": 2}
+    api.post("/api/tasks/a/cancel")
+    assert api.get("/api/summary").json()["counts"] == {"available": 1, "cancelled": 1}
+    # a clean deletes the tasks and their events: the counts are taken again
+    assert bridge("clean", "--yes", env=server.env).returncode == 0
+    assert api.get("/api/summary").json()["counts"] == {}
+    api.post("/api/tasks", json={"id": "c"})
+    assert api.get("/api/summary").json()["counts"] == {"available": 1}
