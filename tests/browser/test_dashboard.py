@@ -194,3 +194,31 @@ def assert_nothing_injected(page: Any, watched: Watched) -> None:
     assert found["svgScripts"] == 0, found
     assert found["violations"] == [], found
     assert watched.dialogs == [], watched.dialogs
+
+
+def test_cancel_from_the_task_page_stops_a_working_task(page, stack, tmp_path):
+    # Given a task that is working (it would run until a file appears)
+    stack.add(
+        [
+            {
+                "id": "stuck",
+                "description": "never told to finish",
+                "kind": "wait_for",
+                "payload": {"flag": str(tmp_path / "never")},
+            }
+        ]
+    )
+    wait_until(lambda: status_of(stack, "stuck") == "working", timeout=60)
+    # When a person opens its page and presses Cancel
+    sign_in(page, stack, "/tasks/stuck")
+    expect(page.locator("#task-status .badge")).to_have_text("working")
+    expect(page.locator("#retry")).to_be_disabled()
+    page.get_by_role("button", name="Cancel").click()
+    # Then the task is cancelled, the page says so, and it may now be retried
+    expect(page.locator("#task-status .badge")).to_have_text("cancelled")
+    expect(page.locator("#message")).to_have_text("Cancelled.")
+    expect(page.locator("#retry")).to_be_enabled()
+    expect(page.locator("#cancel")).to_be_disabled()
+    expect(page.locator("#events")).to_contain_text("cancelled by user")
+    assert status_of(stack, "stuck") == "cancelled"
+    shoot(page, "task-cancelled")
