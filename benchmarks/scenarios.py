@@ -470,9 +470,10 @@ def pruning(env: Env, res: Results) -> None:
     )
 
 
-SCENARIOS = ("throughput", "chain", "history", "bulk", "memory", "prune")
+SCENARIOS = ("throughput", "chain", "history", "bulk", "memory", "prune", "api")
 DEFAULT_SCENARIOS = ("throughput", "chain", "history", "bulk", "memory")
-"""What a plain run measures; ``--only prune`` (or a list naming it) adds scenario 6."""
+"""What a plain run measures; ``--only prune`` (or a list naming it) adds scenario 6,
+``--only api`` scenario 7 (``benchmarks/api.py``)."""
 
 
 def run_all(env: Env, on_error: Callable[[str, Exception], Row]) -> Results:
@@ -493,6 +494,10 @@ def run_all(env: Env, on_error: Callable[[str, Exception], Row]) -> Results:
         steps.append(("5 memory", lambda: memory(env, res)))
     if "prune" in only:
         steps.append(("6 pruning", lambda: pruning(env, res)))
+    if "api" in only:
+        from benchmarks.api import api
+
+        steps.append(("7 api", lambda: api(env, res)))
     for name, step in steps:
         try:
             step()

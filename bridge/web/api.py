@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from bridge import graphtext, usecases
 from bridge.app import App
 from bridge.graph import GraphError
-from bridge.web.stream import EventHub, sse
+from bridge.web.stream import EventHub
 
 router = APIRouter()
 
@@ -180,8 +180,8 @@ async def stream(
 
     async def body() -> Any:
         yield b": connected\n\n"
-        async for event in hub.follow(after):
-            yield sse(event)
+        async for chunk in hub.follow(after):
+            yield chunk
 
     return StreamingResponse(
         body(),

@@ -7,9 +7,9 @@ buffer holds catches up from the database once, then follows the hub.
 """
 
 import asyncio
+import bisect
 import contextlib
 import json
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,11 +31,16 @@ FIELDS = ("id", "task_id", "from_status", "to_status", "attempt", "at")
 
 
 class EventHub:
-    """The one reader of new events for every SSE client of this process."""
+    """The one reader of new events for every SSE client of this process.
+
+    Each event is encoded once, as the bytes every client is sent; a client is handed
+    everything new since its cursor in one chunk (found by bisection, not a scan).
+    """
 
     def __init__(self, app: App) -> None:
         self.app = app
-        self.events: deque[dict[str, Any]] = deque(maxlen=BUFFER)
+        self.ids: list[int] = []
+        self.chunks: list[bytes] = []
         self.last_id = 0
         self.changed = asyncio.Condition()
         self.closed = False
@@ -70,7 +75,10 @@ class EventHub:
             except Exception:  # noqa: BLE001 (a locked or gone database: try next tick)
                 fresh = []
             if fresh:
-                self.events.extend(fresh)
+                self.ids += [event["id"] for event in fresh]
+                self.chunks += [sse(event) for event in fresh]
+                if len(self.ids) > 2 * BUFFER:
+                    del self.ids[:-BUFFER], self.chunks[:-BUFFER]
                 self.last_id = fresh[-1]["id"]
                 async with self.changed:
                     self.changed.notify_all()
@@ -80,28 +88,30 @@ class EventHub:
 
     def _floor(self) -> int:
         """Events after this id are all in the buffer."""
-        return self.events[0]["id"] - 1 if self.events else self.last_id
+        return self.ids[0] - 1 if self.ids else self.last_id
 
-    async def follow(self, after: int | None) -> AsyncIterator[dict[str, Any] | None]:
-        """Events after ``after`` (None: from now on), and None for each quiet interval."""
+    async def follow(self, after: int | None) -> AsyncIterator[bytes]:
+        """SSE bytes of the events after ``after`` (None: from now on), in chunks, and a
+        keep-alive comment for each quiet ``HEARTBEAT_EVERY``."""
         cursor = self.last_id if after is None else after
         while not self.closed:
             if cursor < self._floor():  # resumed from before the buffer: catch up once
-                for event in await run_in_threadpool(self._read, cursor):
-                    cursor = event["id"]
-                    yield event
+                events = await run_in_threadpool(self._read, cursor)
+                if events:
+                    cursor = events[-1]["id"]
+                    yield b"".join(sse(event) for event in events)
                 continue
-            pending = [e for e in self.events if e["id"] > cursor] if cursor < self.last_id else []
-            if pending:
-                for event in pending:
-                    cursor = event["id"]
-                    yield event
-                continue
+            if cursor < self.last_id:
+                start = bisect.bisect_right(self.ids, cursor)
+                if start < len(self.ids):
+                    cursor = self.ids[-1]
+                    yield b"".join(self.chunks[start:])
+                    continue
             async with self.changed:
                 try:
                     await asyncio.wait_for(self.changed.wait(), HEARTBEAT_EVERY)
                 except asyncio.TimeoutError:
-                    yield None
+                    yield sse(None)
 
 
 def sse(event: dict[str, Any] | None) -> bytes:

@@ -46,6 +46,21 @@ def test_the_stream_resumes_after_last_event_id(api):
     assert set(events[0]["data"]) == {"id", "task_id", "from_status", "to_status", "attempt", "at"}
 
 
+def test_the_stream_resumes_from_events_older_than_the_server(start_server, bridge_env):
+    # Given events written before the server started (none of them in its memory)
+    from helpers import bridge
+
+    assert bridge("add", "x", env=bridge_env).returncode == 0
+    assert bridge("add", "y", env=bridge_env).returncode == 0
+    server = start_server()
+    with server.client() as api:
+        first = api.get("/api/events").json()["events"][0]["id"]
+        # When a client resumes after the first of them
+        events = read_events(api, 1, headers={"Last-Event-ID": str(first)})
+    # Then it catches up from the database
+    assert [e["data"]["task_id"] for e in events] == ["y"]
+
+
 def test_a_change_reaches_a_connected_client(api):
     # Given a client connected with no Last-Event-ID (from now on)
     got: list[dict] = []
