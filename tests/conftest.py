@@ -7,6 +7,7 @@ the shell cannot leak settings into a test.
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 if os.access("/dev/shm", os.W_OK) and "PYTEST_DEBUG_TEMPROOT" not in os.environ:
     tempfile.tempdir = "/dev/shm"
 
-from helpers import Processes  # noqa: E402
+from helpers import Processes, screenshot_dir  # noqa: E402
 from postgres import pg_database, pg_url  # noqa: E402, F401  (fixtures)
 
 from bridge.redis_server import PrivateRedis  # noqa: E402
@@ -114,3 +115,13 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
         yield procs
     finally:
         procs.kill_all()
+
+
+_STARTED = time.time()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Browser tests write screenshots; say where (every worker writes the same folder)."""
+    folder = screenshot_dir(create=False)
+    if folder.is_dir() and any(p.stat().st_mtime >= _STARTED for p in folder.glob("*.png")):
+        terminalreporter.write_line(f"dashboard screenshots: {folder}")

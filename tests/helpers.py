@@ -2,10 +2,12 @@
 
 import hashlib
 import json
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -114,3 +116,15 @@ class Processes:
                 except ProcessLookupError:
                     pass
                 process.wait(timeout=10)
+
+
+def screenshot_dir(create: bool = True) -> Path:
+    """Where browser tests write screenshots (``$DASHBOARD_SCREENSHOTS`` or a folder in the
+    temporary directory); the session's summary prints it."""
+    folder = Path(
+        os.environ.get("DASHBOARD_SCREENSHOTS")
+        or Path(tempfile.gettempdir()) / "bridge-dashboard-screenshots"
+    )
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -98,3 +98,21 @@ def timed_span(payload: Any) -> str:
         out.flush()
         os.fsync(out.fileno())
     return "spanned"
+@handler("fail_until")
+def fail_until(payload: Any) -> str:
+    """Fail until the file ``payload["flag"]`` exists: a test fixes the cause, then retries."""
+    if not os.path.exists(payload["flag"]):
+        raise RuntimeError(f"not yet: {payload['flag']} is missing")
+    return "recovered"
+
+
+@handler("wait_for")
+def wait_for(payload: Any) -> str:
+    """Run until the file ``payload["flag"]`` exists (at most a minute): a test decides
+    when the task finishes."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(payload["flag"]):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{payload['flag']} never appeared")
+        time.sleep(0.05)
+    return "finished"
