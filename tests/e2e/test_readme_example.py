@@ -1,23 +1,15 @@
 """The README's Python example, taken verbatim and run as a user would: a worker that
 imports it (``BRIDGE_HANDLERS``), a dispatcher, and ``python pipeline.py``."""
 
-import inspect
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from bridge import handler
-
 ROOT = Path(__file__).resolve().parents[2]
 MARKER = "<!-- example:python-api -->"
 
-CONTEXT_HANDLERS = "context" in inspect.signature(handler).parameters
-"""Handlers that see their context (``@handler(name, context=True)``) come with issue 9
-section 2; until they are here the example cannot pass."""
 
 
 def readme_example() -> str:
@@ -35,9 +27,6 @@ def test_the_readme_example_is_complete_python():
     assert "from bridge import Client, Graph, handler" in source
 
 
-@pytest.mark.xfail(
-    not CONTEXT_HANDLERS, reason="handler context (issue 9 section 2) not merged", strict=False
-)
 def test_the_readme_python_example_runs_verbatim(tmp_path, bridge_env, processes):
     # Given the example as pipeline.py, a worker importing it and a dispatcher
     (tmp_path / "pipeline.py").write_text(readme_example(), encoding="utf-8")
