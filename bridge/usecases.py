@@ -874,6 +874,8 @@ def complete(app: App, task_id: str, attempt: int, output: Any) -> dict[str, Any
         text = output_json(output, app.settings.max_output)
     except (TypeError, ValueError) as exc:
         raise ClaimError(f"output must be a JSON value: {exc}") from None
+    except RecursionError:
+        raise ClaimError("output is nested too deeply") from None
     return _finish(app, task_id, attempt, ReportKind.SUCCEEDED, output=text)
 
 
@@ -882,7 +884,8 @@ def fail(app: App, task_id: str, attempt: int, error: str) -> dict[str, Any]:
     remain, else failed. A stale or duplicate failure raises ``StaleAttempt``."""
     if not isinstance(error, str) or not error.strip():
         raise ClaimError("a failure needs an error message")
-    return _finish(app, task_id, attempt, ReportKind.FAILED, error=error)
+    # Text columns cannot hold NUL on PostgreSQL; whatever an agent sends is kept readable.
+    return _finish(app, task_id, attempt, ReportKind.FAILED, error=error.replace("\x00", "\ufffd"))
 
 
 def _finish(

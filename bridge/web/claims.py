@@ -16,8 +16,17 @@ from bridge.app import App
 
 router = APIRouter(tags=["external tasks"])
 
+MAX_ATTEMPT = 2**31 - 1
+"""The largest attempt a task's (32-bit) ``attempts`` column holds."""
+
 Attempt = Annotated[
-    int, Field(strict=True, ge=1, description="the attempt the claim gave (its fencing token)")
+    int,
+    Field(
+        strict=True,
+        ge=1,
+        le=MAX_ATTEMPT,
+        description="the attempt the claim gave (its fencing token)",
+    ),
 ]
 
 
