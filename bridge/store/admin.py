@@ -13,6 +13,7 @@ from bridge.states import (
     sources_of,
 )
 from bridge.store.engine import TaskStateError, now
+from bridge.store.runs import RUNS
 from bridge.store.tables import (
     EDGES,
     EVENTS,
@@ -111,7 +112,8 @@ class Cleaned:
 
 
 def clean(*, session: Session) -> Cleaned:
-    """Delete every task, edge, event and log line, and free every slot.
+    """Delete every task, edge, event, log line and run, and free every slot (pools and
+    schedules stay: they are set-up, not history).
 
     Fencing tokens are not reset (they live in ``bridge_meta``): a report from an
     attempt started before the clean can never match a task added after it.
@@ -130,5 +132,6 @@ def clean(*, session: Session) -> Cleaned:
     conn.execute(delete(LOGS))
     conn.execute(delete(EDGES))
     conn.execute(delete(TASKS))
+    conn.execute(delete(RUNS))
     conn.execute(update(SLOTS).values(active=0, task_id=None, worker_id=None, updated_at=now()))
     return Cleaned(count, in_flight)

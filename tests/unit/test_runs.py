@@ -358,3 +358,13 @@ def test_wait_for_chosen_tasks_names_a_missing_one_and_judges_only_those(app, db
     stuck = usecases.wait(app, task_ids=["b"], timeout=10)
     assert stuck.code == 1 and stuck.problems == ["b: failed"]
     assert usecases.wait(app, timeout=10).code == 1
+
+
+def test_clean_forgets_the_runs_so_their_names_can_be_used_again(app):
+    # Given a named run
+    usecases.add(app, chain(), run="nightly")
+    # When everything is cleaned
+    usecases.clean(app)
+    # Then no run is listed, and the name takes a new run
+    assert usecases.list_runs(app) == []
+    assert usecases.add(app, chain(), run="nightly").added
