@@ -98,6 +98,8 @@ def timed_span(payload: Any) -> str:
         out.flush()
         os.fsync(out.fileno())
     return "spanned"
+
+
 @handler("fail_until")
 def fail_until(payload: Any) -> str:
     """Fail until the file ``payload["flag"]`` exists: a test fixes the cause, then retries."""

@@ -11,7 +11,6 @@ ROOT = Path(__file__).resolve().parents[2]
 MARKER = "<!-- example:python-api -->"
 
 
-
 def readme_example() -> str:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     parts = text.split(MARKER)
