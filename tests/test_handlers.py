@@ -75,8 +75,8 @@ def progress_then_wait(payload: Any, ctx: Any) -> str:
     return "fetched"
 
 
-@handler("big_output")
-def big_output(payload: Any) -> str:
+@handler("sized_output")
+def sized_output(payload: Any) -> str:
     return "x" * int(payload["bytes"])
 
 

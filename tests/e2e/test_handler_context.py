@@ -119,9 +119,9 @@ def test_a_fan_in_too_large_to_send_fails_at_dispatch_naming_the_dependency(
         tmp_path,
         env,
         [
-            {"id": "a", "kind": "big_output", "payload": {"bytes": 700000}},
-            {"id": "b", "kind": "big_output", "payload": {"bytes": 800000}},
-            {"id": "c", "kind": "big_output", "payload": {"bytes": 600000}},
+            {"id": "a", "kind": "sized_output", "payload": {"bytes": 700000}},
+            {"id": "b", "kind": "sized_output", "payload": {"bytes": 800000}},
+            {"id": "c", "kind": "sized_output", "payload": {"bytes": 600000}},
             {"id": "d", "kind": "fan_in_sum", "dependencies": ["a", "b", "c"]},
         ],
     )
