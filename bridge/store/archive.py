@@ -12,7 +12,9 @@ A backup (and a prune archive) is one gzip file of JSON Lines, UTF-8:
    ``alembic_version`` row), or ``"unversioned"`` for a database without one;
    ``partial`` is true for an archive of some tasks only (``bridge db prune --archive``);
 2. one line per row, tables in the order ``tasks``, ``task_edges``, ``task_events``,
-   ``worker_slots``, ``bridge_meta``, each sorted by its primary key::
+   ``task_logs``, ``worker_slots``, ``runs``, ``pools``, ``schedules``, ``bridge_meta``,
+   each sorted by its primary key (a file from before runs existed simply has none of
+   the later four)::
 
        {"table": "tasks", "row": {"id": "a", "description": "...", ...}}
 
@@ -49,7 +51,18 @@ from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
 from bridge.store.engine import StoreError
-from bridge.store.tables import EDGES, EVENTS, META, SLOTS, TASKS, _chunks
+from bridge.store.tables import (
+    EDGES,
+    EVENTS,
+    LOGS,
+    META,
+    POOLS,
+    RUNS,
+    SCHEDULES,
+    SLOTS,
+    TASKS,
+    _chunks,
+)
 
 FORMAT = "bridge-backup"
 VERSION = 1
@@ -59,7 +72,11 @@ TABLES: dict[str, Table] = {
     "tasks": TASKS,
     "task_edges": EDGES,
     "task_events": EVENTS,
+    "task_logs": LOGS,
     "worker_slots": SLOTS,
+    "runs": RUNS,
+    "pools": POOLS,
+    "schedules": SCHEDULES,
     "bridge_meta": META,
 }
 """The tables a backup holds, in the order they are written and restored (parents first)."""
@@ -93,7 +110,8 @@ def dump(
     Everything is read through ``session``, in its one transaction: the caller decides
     the isolation (``snapshot`` for a backup; a prune's own write transaction for an
     archive). A partial dump also carries ``bridge_meta`` (the next fencing token, which
-    ``restore --merge`` keeps ahead of) but no ``worker_slots``.
+    ``restore --merge`` keeps ahead of) and the tasks' logs, but no ``worker_slots``,
+    runs, pools or schedules (a prune leaves those in the database).
     """
     conn = session.connection()
     ids = None if task_ids is None else sorted(set(task_ids))
@@ -210,6 +228,11 @@ def _counts(conn: Connection, ids: list[str] | None) -> dict[str, int]:
                 select(func.count()).select_from(EVENTS).where(EVENTS.c.task_id.in_(chunk))
             ).scalar_one()
         )
+        counts["task_logs"] += int(
+            conn.execute(
+                select(func.count()).select_from(LOGS).where(LOGS.c.task_id.in_(chunk))
+            ).scalar_one()
+        )
         counts["task_edges"] += sum(
             1
             for (depends_on,) in conn.execute(
@@ -241,6 +264,10 @@ def _rows(conn: Connection, ids: list[str] | None) -> Iterator[tuple[str, dict[s
         query = select(EVENTS).where(EVENTS.c.task_id.in_(chunk)).order_by(EVENTS.c.id)
         for row in conn.execute(query):
             yield "task_events", dict(row._mapping)
+    for chunk in _chunks(ids):
+        query = select(LOGS).where(LOGS.c.task_id.in_(chunk)).order_by(LOGS.c.id)
+        for row in conn.execute(query):
+            yield "task_logs", dict(row._mapping)
     for row in _keyset(conn, META):
         yield "bridge_meta", row
 

@@ -26,7 +26,18 @@ from sqlmodel import Session
 from bridge.settings import redact_text
 from bridge.store.archive import TABLES, Header, dump, read_rows
 from bridge.store.engine import StoreError, _where, writing
-from bridge.store.tables import EDGES, EVENTS, LEASES, LOGS, META, SLOTS, TASKS
+from bridge.store.tables import (
+    EDGES,
+    EVENTS,
+    LEASES,
+    LOGS,
+    META,
+    POOLS,
+    RUNS,
+    SCHEDULES,
+    SLOTS,
+    TASKS,
+)
 
 WRITE_CHUNK = 1000
 """Rows per bulk insert."""
@@ -36,6 +47,10 @@ DISPATCHER_LEASE = "dispatcher"
 
 NAMED_CONFLICTS = 3
 """Task ids a refused ``--merge`` names."""
+
+NAMED = ("runs", "pools", "schedules")
+"""Tables keyed by a name: a ``--merge`` adds the names the live database lacks and keeps
+its own rows for the rest (its pool sizes and schedules are the ones in force)."""
 
 
 class Mode(str, Enum):
@@ -104,7 +119,7 @@ def _load(conn: Connection, path: str | Path, *, mode: Mode, target: str) -> dic
     if mode is Mode.RESTORE:
         _require_empty(conn, target)
     elif mode is Mode.REPLACE:
-        for table in (EVENTS, LOGS, EDGES, TASKS, SLOTS):
+        for table in (EVENTS, LOGS, EDGES, TASKS, SLOTS, RUNS, POOLS, SCHEDULES):
             conn.execute(delete(table))
     written = dict.fromkeys(TABLES, 0)
     meta: dict[str, str] = {}
@@ -113,10 +128,14 @@ def _load(conn: Connection, path: str | Path, *, mode: Mode, target: str) -> dic
 
     def flush() -> None:
         if batch and batch_table is not None:
+            rows = batch
             if batch_table == "tasks" and mode is Mode.MERGE:
                 _refuse_existing(conn, [row["id"] for row in batch], target)
-            conn.execute(insert(TABLES[batch_table]), batch)
-            written[batch_table] += len(batch)
+            elif batch_table in NAMED and mode is Mode.MERGE:
+                rows = _new_names(conn, TABLES[batch_table], batch)
+            if rows:
+                conn.execute(insert(TABLES[batch_table]), rows)
+            written[batch_table] += len(rows)
         batch.clear()
 
     for item in read_rows(path):
@@ -129,7 +148,7 @@ def _load(conn: Connection, path: str | Path, *, mode: Mode, target: str) -> dic
         if mode is Mode.MERGE:
             if name == "worker_slots":
                 continue  # the live database's slots belong to its dispatcher
-            if name == "task_events":
+            if name in ("task_events", "task_logs"):
                 row = {k: v for k, v in row.items() if k != "id"}  # its own ids go on
         if name != batch_table or len(batch) >= WRITE_CHUNK:
             flush()
@@ -139,12 +158,13 @@ def _load(conn: Connection, path: str | Path, *, mode: Mode, target: str) -> dic
     written["bridge_meta"] = _apply_meta(conn, meta, mode)
     if conn.dialect.name == "postgresql" and mode is not Mode.MERGE:
         # Explicit ids do not move a serial column's sequence: move it past them.
-        conn.execute(
-            text(
-                "SELECT setval(pg_get_serial_sequence('task_events', 'id'),"
-                " COALESCE((SELECT MAX(id) FROM task_events), 0) + 1, false)"
+        for serial in ("task_events", "task_logs"):
+            conn.execute(
+                text(
+                    f"SELECT setval(pg_get_serial_sequence('{serial}', 'id'),"
+                    f" COALESCE((SELECT MAX(id) FROM {serial}), 0) + 1, false)"
+                )
             )
-        )
     return written
 
 
@@ -182,6 +202,12 @@ def _refuse_existing(conn: Connection, ids: list[str], target: str) -> None:
             + (f" and {more} more" if more > 0 else "")
             + "; nothing was merged"
         )
+
+
+def _new_names(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    names = [row["name"] for row in rows]
+    there = {r[0] for r in conn.execute(select(table.c.name).where(table.c.name.in_(names)))}
+    return [row for row in rows if row["name"] not in there]
 
 
 def _apply_meta(conn: Connection, meta: dict[str, str], mode: Mode) -> int:

@@ -14,12 +14,10 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlmodel import Session
 
-from bridge.models import IN_FLIGHT_WHERE, Pool
+from bridge.models import IN_FLIGHT_WHERE
 from bridge.store.engine import now
 from bridge.store.errors import StoreError
-from bridge.store.tables import TASKS
-
-POOLS = Pool.__table__
+from bridge.store.tables import POOLS, TASKS
 
 
 class PoolError(StoreError):

@@ -19,9 +19,7 @@ from bridge.graph import DuplicateIdError
 from bridge.models import Run
 from bridge.states import TaskStatus
 from bridge.store.engine import TaskStateError, now
-from bridge.store.tables import TASKS
-
-RUNS = Run.__table__
+from bridge.store.tables import RUNS, TASKS
 
 
 def auto_run_name(prefix: str = "add") -> str:

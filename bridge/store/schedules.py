@@ -19,9 +19,8 @@ from bridge.models import Schedule
 from bridge.schedules import Firing, ScheduleError, run_name, stamp
 from bridge.store.engine import now
 from bridge.store.runs import create_run
+from bridge.store.tables import SCHEDULES
 from bridge.store.tasks import add_tasks
-
-SCHEDULES = Schedule.__table__
 
 
 def add_schedule(

@@ -6,7 +6,18 @@ from typing import Any
 from sqlalchemy import bindparam, insert, update
 from sqlmodel import Session
 
-from bridge.models import Lease, Meta, Task, TaskEdge, TaskEvent, TaskLog, WorkerSlot
+from bridge.models import (
+    Lease,
+    Meta,
+    Pool,
+    Run,
+    Schedule,
+    Task,
+    TaskEdge,
+    TaskEvent,
+    TaskLog,
+    WorkerSlot,
+)
 
 TASKS = Task.__table__
 
@@ -27,6 +38,15 @@ LEASES = Lease.__table__
 
 
 META = Meta.__table__
+
+
+RUNS = Run.__table__
+
+
+POOLS = Pool.__table__
+
+
+SCHEDULES = Schedule.__table__
 
 
 _CHUNK = 500

@@ -11,6 +11,9 @@ from sqlalchemy import create_engine, inspect, text
 from bridge import graph, store
 from bridge.messages import Report
 from bridge.states import ReportKind
+from bridge.store.pools import set_pool
+from bridge.store.runs import create_run
+from bridge.store.schedules import add_schedule
 
 NOT_DUMPED = {"leases", "alembic_version"}
 """Tables a backup leaves out on purpose."""
@@ -105,10 +108,31 @@ def fill_every_state(url: str, prefix: str = "") -> None:
                 sent[f"{p}working"].job_id,
                 "w1",
             ),
+            Report(
+                f"{p}working",
+                sent[f"{p}working"].attempt,
+                ReportKind.LOG,
+                sent[f"{p}working"].job_id,
+                "w1",
+                lines=json.dumps([["2026-11-28T00:00:00+00:00", "info", "half way ✓"]]),
+            ),
             Report(f"{p}done", 999, ReportKind.SUCCEEDED, "stale-job", "w9", output="1"),
         ]
         with store.writing(engine) as session:
             store.apply_reports(session=session, reports=reports)
+        # The tables runs brought: a run, a pool, a schedule (task_logs came from the report)
+        with store.writing(engine) as session:
+            create_run(session=session, name=f"{p}nightly", scoped=True)
+            set_pool(session=session, name=f"{p}gpu", slots=2)
+            add_schedule(
+                session=session,
+                name=f"{p}hourly",
+                cron="0 * * * *",
+                timezone="Europe/Paris",
+                graph_json=json.dumps([{"id": "tick"}]),
+                catch_up=False,
+                next_due="2026-11-28T01:00:00+00:00",
+            )
     finally:
         engine.dispose()
 

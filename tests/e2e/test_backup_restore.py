@@ -20,6 +20,7 @@ from helpers import bridge, file_digest, query
 from bridge import graph, store
 from bridge.store.archive import dump
 from bridge.store.backup import backup
+from bridge.store.pools import set_pool
 
 NO_REDIS = "redis://127.0.0.1:1/0"
 """Backup and restore need no Redis (a merge's wake-up nudge fails quietly)."""
@@ -353,7 +354,11 @@ def test_dump_of_some_tasks_holds_their_rows_edges_between_them_and_events(tmp_p
             "tasks": 2,
             "task_edges": 1,
             "task_events": 2,
+            "task_logs": 0,
             "worker_slots": 0,
+            "runs": 0,
+            "pools": 0,
+            "schedules": 0,
             "bridge_meta": 2,
         }
     )
@@ -400,6 +405,32 @@ def test_merge_brings_an_archive_back_into_a_live_database(tmp_path, source):
     line = one_error_line(refused)
     assert "already there" in line and "'cancelled'" in line and "more" in line
     assert canonical(live) == after
+
+
+def test_merge_of_a_full_backup_adds_missing_runs_pools_schedules_and_keeps_live_ones(
+    tmp_path, backup_file
+):
+    # Given a live database with its own pool ``gpu`` (3 slots) and tasks of other ids
+    live = f"sqlite:///{tmp_path / 'live.db'}"
+    fill_every_state(live, prefix="live-")
+    engine = store.open_engine(live)
+    try:
+        with store.writing(engine) as session:
+            set_pool(session=session, name="gpu", slots=3)
+    finally:
+        engine.dispose()
+    # When a full backup (pool gpu of 2 slots, run nightly, schedule hourly) is merged in
+    result = bridge("db", "restore", str(backup_file), "--merge", env=env_for(live))
+    assert result.returncode == 0, result.stderr
+    # Then the names the live database lacked are added, its own pool keeps its size,
+    # and the logs came with their tasks (with ids of the live database's own)
+    assert dict(query(live, "SELECT name, slots FROM pools")) == {"gpu": 3, "live-gpu": 2}
+    assert {r[0] for r in query(live, "SELECT name FROM runs")} >= {"nightly", "live-nightly"}
+    assert {r[0] for r in query(live, "SELECT name FROM schedules")} == {"hourly", "live-hourly"}
+    assert sorted(r[0] for r in query(live, "SELECT task_id FROM task_logs")) == [
+        "live-working",
+        "working",
+    ]
 
 
 def test_merge_and_replace_do_not_go_together(tmp_path, backup_file):

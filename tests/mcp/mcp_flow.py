@@ -1,6 +1,7 @@
 """What the MCP tests share: calling a tool through the SDK's client, and the whole
 agent-in-the-graph scenario, driven the same over stdio and over HTTP."""
 
+import concurrent.futures
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -141,10 +142,15 @@ def assert_graph_finished(seen: dict[str, Any], run: str) -> None:
 
 
 def drive(scenario: Callable[[], Awaitable[T]], timeout: float) -> T:
-    """Run an async scenario to its end, failing the test if it takes over ``timeout``."""
+    """Run an async scenario to its end, failing the test if it takes over ``timeout``.
+
+    The scenario gets a thread of its own: Playwright's sync API (the browser tests, which
+    may share this xdist worker) leaves an event loop running on the main thread, and
+    ``anyio.run`` refuses to start inside one."""
 
     async def bounded() -> T:
         with anyio.fail_after(timeout):
             return await scenario()
 
-    return anyio.run(bounded)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(anyio.run, bounded).result()
