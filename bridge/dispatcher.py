@@ -267,6 +267,7 @@ class Dispatcher:
                         max_output=self.settings.max_output,
                         max_inputs=self.settings.max_inputs,
                         exclude_kinds=self.settings.all_external_kinds,
+                        namespace=self.broker.namespace,
                     )
                     self._claim_wanted = False
         self._claim_new_queues(dispatches)

@@ -84,7 +84,7 @@ def refusal(job: Job) -> str | None:
         return "it has callbacks"
     if getattr(job, "webhooks", None):
         return "it has webhooks"
-    if job.dependency_ids:
+    if job._dependency_ids:  # as loaded with the record: no round trip to Redis
         return "it has RQ dependencies"
     try:
         dispatch = Dispatch.decode(kwargs)

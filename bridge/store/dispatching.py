@@ -124,6 +124,7 @@ def claim_ready(
     max_output: int = 1024 * 1024,
     max_inputs: int = DEFAULT_MAX_INPUTS,
     exclude_kinds: Sequence[str] = (),
+    namespace: str | None = None,
 ) -> list[Dispatch]:
     """Move ready tasks into free slots as ``queued``: priority first, then age.
 
@@ -133,10 +134,11 @@ def claim_ready(
     has a free slot (see ``bridge.store.pools``); a full pool never holds back the
     other ready tasks. Work is proportional to the tasks claimed (partial index),
     never to history. Tasks of ``exclude_kinds`` (external kinds) are never claimed
-    here: agents claim them.
+    here: agents claim them. ``namespace`` is the database's Redis namespace when the
+    caller holds it already (the dispatcher does: one read less per tick).
     """
     conn = session.connection()
-    rows = conn.execute(select(SLOTS.c.slot, SLOTS.c.active).order_by(SLOTS.c.slot)).all()
+    rows = conn.execute(_SLOTS).all()
     busy = sum(1 for r in rows if r.active)
     free = [r.slot for r in rows if not r.active][: max(0, slots - busy)]
     if not free:
@@ -150,17 +152,26 @@ def claim_ready(
         ready = _ready_rows(session, at, len(free))
     if not ready:
         return []
-    dispatches = _new_attempts(session, ready, max_output, max_inputs)
+    dispatches = _new_attempts(session, ready, max_output, max_inputs, namespace=namespace)
     if not dispatches:  # every ready task failed at dispatch (inputs too large)
         return []
     _mark_queued(session, dispatches, ["available"] * len(dispatches), at, "dispatched", None)
     conn.execute(
-        update(SLOTS)
-        .where(SLOTS.c.slot == bindparam("b_slot"))
-        .values(active=1, task_id=bindparam("b_task"), worker_id=None, updated_at=at),
-        [{"b_slot": slot, "b_task": d.task_id} for slot, d in zip(free, dispatches, strict=False)],
+        _TAKE_SLOT,
+        [
+            {"b_slot": slot, "b_task": d.task_id, "b_at": at}
+            for slot, d in zip(free, dispatches, strict=False)
+        ],
     )
     return dispatches
+
+
+_SLOTS = select(SLOTS.c.slot, SLOTS.c.active).order_by(SLOTS.c.slot)
+_TAKE_SLOT = (
+    update(SLOTS)
+    .where(SLOTS.c.slot == bindparam("b_slot"))
+    .values(active=1, task_id=bindparam("b_task"), worker_id=None, updated_at=bindparam("b_at"))
+)
 
 
 def _ready_rows(
@@ -208,6 +219,7 @@ def _new_attempts(
     max_output: int,
     max_inputs: int = DEFAULT_MAX_INPUTS,
     sources: Sequence[str] | None = None,
+    namespace: str | None = None,
 ) -> list[Dispatch]:
     """One new attempt per row, each with a fresh fencing token in its job id and its
     dependencies' outputs as inputs. A row whose inputs exceed ``max_inputs`` gets no
@@ -223,7 +235,7 @@ def _new_attempts(
         rows = [r for r in rows if r.id not in too_large]
     if not rows:
         return []
-    namespace = schema.namespace(session=session)
+    namespace = namespace or schema.namespace(session=session)
     first = schema.take_tokens(session=session, count=len(rows))
     return [
         Dispatch(
@@ -248,11 +260,14 @@ def _new_attempts(
 _INPUTS = (
     "SELECT e.task_id AS task_id, d.id AS id, d.local_id AS local_id, d.run AS run,"
     " d.output AS output"
-    " FROM task_edges e JOIN tasks d ON d.id = e.depends_on WHERE e.task_id IN ({ids})"
+    " FROM task_edges e JOIN tasks d ON d.id = e.depends_on WHERE e.task_id IN :ids"
 )
 """Every dependency's output of a claim batch, one query per chunk of ids (the edge
 table's primary key starts with ``task_id``): a 1,000-input fan-in costs one indexed
 range read, not a query per dependency."""
+
+
+_INPUTS_QUERY = text(_INPUTS).bindparams(bindparam("ids", expanding=True))
 
 
 def _gather_inputs(
@@ -266,9 +281,7 @@ def _gather_inputs(
     conn = session.connection()
     found: dict[str, list[tuple[str, str | None]]] = {}
     for chunk in _chunks(list(runs)):
-        names = ", ".join(f":i{n}" for n in range(len(chunk)))
-        params = {f"i{n}": task_id for n, task_id in enumerate(chunk)}
-        for row in conn.execute(text(_INPUTS.format(ids=names)), params):
+        for row in conn.execute(_INPUTS_QUERY, {"ids": list(chunk)}):
             same_run = row.local_id is not None and row.run == runs[row.task_id]
             name = row.local_id if same_run else row.id
             found.setdefault(row.task_id, []).append((name, row.output))
@@ -329,6 +342,29 @@ def _fail_unsendable(
     )
 
 
+_MARK_QUEUED = (
+    update(TASKS)
+    .where(
+        TASKS.c.id == bindparam("b_id"),
+        TASKS.c.attempts == bindparam("b_prev"),
+        TASKS.c.status == bindparam("b_src"),
+    )
+    .values(
+        status="queued",
+        attempts=bindparam("b_attempt"),
+        job_id=bindparam("b_job"),
+        queued_at=bindparam("b_at"),
+        updated_at=bindparam("b_at"),
+        not_before=None,
+        worker=None,
+        started_at=None,
+        note=bindparam("b_note"),
+        progress=None,
+        progress_message=None,
+    )
+)
+
+
 def _mark_queued(
     session: Session,
     dispatches: Sequence[Dispatch],
@@ -340,27 +376,6 @@ def _mark_queued(
     """Commit ``queued`` for a new attempt, each task guarded on its status and attempt."""
     if not dispatches:
         return
-    stmt = (
-        update(TASKS)
-        .where(
-            TASKS.c.id == bindparam("b_id"),
-            TASKS.c.attempts == bindparam("b_prev"),
-            TASKS.c.status == bindparam("b_src"),
-        )
-        .values(
-            status="queued",
-            attempts=bindparam("b_attempt"),
-            job_id=bindparam("b_job"),
-            queued_at=at,
-            updated_at=at,
-            not_before=None,
-            worker=None,
-            started_at=None,
-            note=note,
-            progress=None,
-            progress_message=None,
-        )
-    )
     params = [
         {
             "b_id": d.task_id,
@@ -368,10 +383,12 @@ def _mark_queued(
             "b_src": source,
             "b_attempt": d.attempt,
             "b_job": d.job_id,
+            "b_at": at,
+            "b_note": note,
         }
         for d, source in zip(dispatches, sources, strict=True)
     ]
-    changed = session.connection().execute(stmt, params).rowcount
+    changed = session.connection().execute(_MARK_QUEUED, params).rowcount
     if changed != len(dispatches):
         raise StoreError(f"dispatch raced: {changed} of {len(dispatches)} tasks changed")
     _record(

@@ -41,12 +41,15 @@ _IN_FLIGHT_BY_POOL = text(
 """Literal statuses so ``ix_tasks_in_flight`` applies: at most the global slots' rows."""
 
 
+_POOL_SLOTS = select(POOLS.c.name, POOLS.c.slots)
+
+
 def capacity(*, session: Session) -> dict[str, int]:
     """Each pool's free slots now (0 when full or over, after its slots were lowered).
 
     Empty when no pool exists: the claim then only excludes tasks naming a pool."""
     conn = session.connection()
-    slots = {row.name: row.slots for row in conn.execute(select(POOLS.c.name, POOLS.c.slots))}
+    slots = {row.name: row.slots for row in conn.execute(_POOL_SLOTS)}
     if not slots:
         return {}
     busy = {row.pool: row.n for row in conn.execute(_IN_FLIGHT_BY_POOL)}

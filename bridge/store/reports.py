@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import bindparam, insert, select, text
 from sqlmodel import Session
 
 from bridge.defaults import MAX_LOG_LINE, MAX_LOG_LINES
@@ -62,6 +62,7 @@ _PROGRESS = text(
 )
 """Before the outcomes of the batch: a note was kept only while its attempt was in
 flight, which the task was when the batch began (outcomes only ever leave flight)."""
+_INSERT_LOGS = insert(LOGS)
 _ORDER = (_STARTED, _SUCCEEDED, _RETRYING, _FAILED)
 """Execution order: a task's start always precedes its outcome within one batch."""
 
@@ -187,7 +188,7 @@ def apply_reports(
     if progress:
         conn.execute(_PROGRESS, list(progress.values()))
     if log_rows:
-        conn.execute(insert(LOGS), log_rows)
+        conn.execute(_INSERT_LOGS, log_rows)
     for statement in _ORDER:
         rows = writes[statement]
         if rows and conn.execute(statement, rows).rowcount != len(rows):
@@ -282,21 +283,22 @@ def _with_folded_starts(reports: Sequence[Report]) -> list[tuple[Report, bool]]:
     return expanded
 
 
+_CURRENT_STATE = select(
+    TASKS.c.id,
+    TASKS.c.status,
+    TASKS.c.attempts,
+    TASKS.c.failures,
+    TASKS.c.max_attempts,
+    TASKS.c.job_id,
+).where(TASKS.c.id.in_(bindparam("ids", expanding=True)))
+
+
 def _current_state(session: Session, reports: Sequence[Report]) -> dict[str, dict[str, Any]]:
     """Status, attempt and failure count of every task the reports name."""
     conn = session.connection()
     state: dict[str, dict[str, Any]] = {}
     ids = sorted({r.task_id for r in reports})
     for chunk in _chunks(ids):
-        for row in conn.execute(
-            select(
-                TASKS.c.id,
-                TASKS.c.status,
-                TASKS.c.attempts,
-                TASKS.c.failures,
-                TASKS.c.max_attempts,
-                TASKS.c.job_id,
-            ).where(TASKS.c.id.in_(chunk))
-        ):
+        for row in conn.execute(_CURRENT_STATE, {"ids": list(chunk)}):
             state[row.id] = dict(row._mapping)
     return state

@@ -159,13 +159,17 @@ def ensure_schema(engine: Engine, auto_migrate: bool = True, *, where: str = "da
         log.info("database schema upgraded from %s to %s", before.shown, after.shown)
 
 
+_IDENTITY = text("SELECT value FROM bridge_meta WHERE key = 'identity'")
+_TAKE_TOKENS = text(
+    "UPDATE bridge_meta SET value = CAST(CAST(value AS BIGINT) + :count AS TEXT)"
+    " WHERE key = 'next_token' RETURNING value"
+)
+"""SQLite has RETURNING since 3.35 (2021); Python 3.11's builds bundle newer ones."""
+
+
 def namespace(*, session: Session) -> str:
     """The database's Redis namespace: the first 12 hex digits of its identity."""
-    value = (
-        session.connection()
-        .execute(text("SELECT value FROM bridge_meta WHERE key = 'identity'"))
-        .scalar()
-    )
+    value = session.connection().execute(_IDENTITY).scalar()
     if value is None:
         raise RuntimeError("database has no identity: ensure_schema was not run")
     return str(value)[:12]
@@ -177,18 +181,8 @@ def take_tokens(*, session: Session, count: int) -> int:
     Tokens only grow, over the database's whole life: ``clean`` and re-added ids never
     bring one back, so a report from before can never match a later attempt.
     """
-    conn = session.connection()
-    # Increment first: the UPDATE takes the row's write lock, so two transactions that
+    # One statement: the UPDATE takes the row's write lock, so two transactions that
     # reserve at once (PostgreSQL under READ COMMITTED) queue instead of reading the
-    # same value; each then reads back what its own increment left.
-    conn.execute(
-        text(
-            "UPDATE bridge_meta SET value = CAST(CAST(value AS BIGINT) + :count AS TEXT)"
-            " WHERE key = 'next_token'"
-        ),
-        {"count": count},
-    )
-    after = int(
-        conn.execute(text("SELECT value FROM bridge_meta WHERE key = 'next_token'")).scalar_one()
-    )
+    # same value, and RETURNING gives each what its own increment left.
+    after = int(session.connection().execute(_TAKE_TOKENS, {"count": count}).scalar_one())
     return after - count

@@ -143,3 +143,22 @@ def test_a_bridge_job_with_extra_or_wrong_fields_is_refused(attack, mode):
     assert result.returncode == 0, result.stderr
     assert "refused job" in result.stderr and "wrong type" in result.stderr
     assert job.id in failed_ids(client)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_bridge_job_naming_rq_dependencies_is_refused(attack, mode):
+    # Given a job of bridge's own entry point whose record names RQ dependencies, put on
+    # the queue directly (RQ itself would defer it until they finish)
+    client, env, _ = attack
+    job_id = "bridge-t-0123456789ab-t3"
+    queue = Queue("bridge", connection=client, serializer=JSONSerializer)
+    job = queue.create_job(JOB_FUNCTION, job_id=job_id, kwargs=bridge_kwargs(job_id))
+    job._dependency_ids = ["some-other-job"]
+    job.save()
+    client.rpush("rq:queue:bridge", job_id)
+    # When a bridge worker drains the queue
+    result = drain(env, mode)
+    # Then it is refused for its dependencies, not run
+    assert result.returncode == 0, result.stderr
+    assert "refused job" in result.stderr and "RQ dependencies" in result.stderr
+    assert job_id in failed_ids(client)
