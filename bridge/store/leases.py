@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Float, case, cast, delete, func, literal, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
@@ -77,7 +76,14 @@ def acquire_lease(
     if changed:
         return True
     # No row yet: insert one, unless a rival inserted it meanwhile (then it is the rival's).
-    insert = pg_insert if _uses_database_clock(session) else sqlite_insert
+    if _uses_database_clock(session):
+        # Imported here: the PostgreSQL dialect's modules cost a SQLite dispatcher's
+        # start-up about 20 ms, and start-up is what a short graph waits for.
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        insert = pg_insert
+    else:
+        insert = sqlite_insert
     inserted = conn.execute(
         insert(LEASES)
         .values(name=name, holder=holder, expires_at=at + ttl, acquired_at=at)
