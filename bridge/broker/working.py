@@ -183,21 +183,27 @@ return 1
         self._wake = threading.Condition()
         self._current: Watched | None = None
         self._thread: threading.Thread | None = None
+        self._until: float | None = None
+        """When the thread wakes next on its own (None: only when woken)."""
 
     def begin(self, watched: Watched) -> None:
+        """Watch ``watched`` from now on. The thread is woken only when it would otherwise
+        sleep past the job's first due time: waking it for every job (and again at its
+        end) cost short jobs a thread switch each, and the GIL hand-over with it."""
         with self._wake:
             self._current = watched
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="bridge-watch", daemon=True)
                 self._thread.start()
-            self._wake.notify()
+            if self._until is None or self._until > watched.start_due:
+                self._wake.notify()
 
     def end(self) -> None:
         """The job ended: stop watching it. A start report or heartbeat being sent right
-        now finishes first, so nothing about this job is sent after ``end`` returns."""
+        now finishes first, so nothing about this job is sent after ``end`` returns.
+        The thread is not woken: at its next due time it finds no job, or the next one."""
         with self._wake:
             self._current = None
-            self._wake.notify()
 
     def drop(self, dispatch: Dispatch) -> None:
         """Delete the heartbeat now (the job's process died without reporting), so the
@@ -212,11 +218,13 @@ return 1
             while True:
                 watched = self._current
                 if watched is None:
+                    self._until = None
                     self._wake.wait()
                     continue
                 moment = time.monotonic()
                 due = watched.next_beat if watched.start_sent else watched.start_due
                 if moment < due:
+                    self._until = due
                     self._wake.wait(due - moment)
                     continue
                 # Sent while holding the lock: ``end`` waits for it, so a report or a
