@@ -345,6 +345,16 @@ def test_client_submits_reads_and_times_out_without_a_dispatcher(db_url, monkeyp
             client.submit(g, run="r1")
 
 
+def test_client_refuses_an_empty_graph_and_makes_no_run(db_url, monkeypatch):
+    # As `bridge submit` refuses an empty file: no run without tasks is made.
+    monkeypatch.setenv("BRIDGE_REDIS_URL", DEAD_REDIS)
+    with Client(database_url=db_url) as client:
+        for empty, name in ((Graph(), None), ([], "named"), (Graph(), "named")):
+            with pytest.raises(GraphError, match="^the graph has no tasks: nothing to submit$"):
+                client.submit(empty, run=name)
+        assert client.runs() == [] and client.tasks() == []
+
+
 def test_wait_for_chosen_tasks_names_a_missing_one_and_judges_only_those(app, db_url):
     usecases.add(app, [spec("a"), spec("b")])
     with pytest.raises(store.TaskStateError, match="no task 'ghost'"):
