@@ -2,8 +2,9 @@
 
 ``from bridge import handler`` registers a handler; it imports nothing heavy, since
 every worker imports it. ``from bridge import Client, Graph`` (also ``Run``,
-``GraphError``, ``BridgeError``) is the Python API: those names are imported on first
-use (``__getattr__``), so a worker never loads what the client needs (SQLAlchemy).
+``GraphError``, ``BridgeError``, ``TaskContext``) is the Python API: those names are
+imported on first use (``__getattr__``), so a worker never loads what the client needs
+(SQLAlchemy).
 """
 
 import importlib
@@ -19,6 +20,7 @@ _LAZY = {
     "TaskRef": "bridge.building",
     "GraphError": "bridge.graph",
     "BridgeError": "bridge.errors",
+    "TaskContext": "bridge.workers.context",
 }
 """Public names -> the module that defines them, imported when first asked for."""
 

@@ -7,6 +7,7 @@ from bridge.client import Client as Client
 from bridge.client import Run as Run
 from bridge.errors import BridgeError as BridgeError
 from bridge.graph import GraphError as GraphError
+from bridge.workers.context import TaskContext as TaskContext
 from bridge.workers.registry import handler as handler
 
 __all__ = [
@@ -18,5 +19,6 @@ __all__ = [
     "TaskRef",
     "GraphError",
     "BridgeError",
+    "TaskContext",
 ]
 __version__: str

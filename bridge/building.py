@@ -10,6 +10,7 @@ line the CLI prints. ``check()`` applies those rules to the graph alone.
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +60,13 @@ class Graph:
         timeout: float | None = None,
         queue: str | None = None,
         pool: str | None = None,
-        not_before: str | None = None,
-        delay: float | str | None = None,
+        not_before: str | datetime | None = None,
+        delay: float | str | timedelta | None = None,
     ) -> TaskRef:
         """Add a task; ``after`` lists what it waits for. Returns its ref.
+
+        ``not_before``: an ISO 8601 time or a ``datetime`` (no zone: UTC); ``delay``:
+        seconds, ``"90s"``/``"10m"``/``"2h"``/``"1d"`` or a ``timedelta``.
 
         ``GraphError`` at once for a bad field, a duplicate id, a task depending on
         itself or on a ref of another graph.

@@ -16,7 +16,7 @@ from typing import Any
 from bridge import usecases
 from bridge.app import App
 from bridge.building import Graph, specs_of
-from bridge.graph import TaskSpec
+from bridge.graph import GraphError, TaskSpec
 from bridge.runner import EXIT_TIMEOUT
 from bridge.settings import Settings
 from bridge.states import TaskStatus
@@ -79,9 +79,11 @@ class Client:
 
         With ``run`` the run has that name (taken already: ``GraphError``) and the
         tasks' ids are stored as ``run/id``; without, they keep their ids and the run
-        gets an automatic name.
+        gets an automatic name. A graph without tasks is a ``GraphError``.
         """
         specs = specs_of(tasks)
+        if not specs:  # as ``bridge submit``: an empty run would be an empty promise
+            raise GraphError("the graph has no tasks: nothing to submit")
         added = usecases.add(self._app, specs, run=run)
         _warn(added.warnings)
         assert added.run is not None

@@ -6,7 +6,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from bridge.errors import BridgeError
@@ -119,8 +119,14 @@ _DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _DELAY_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def parse_delay(value: float | str, task_id: str = "") -> float:
-    """Seconds in ``30``, ``90s``, ``10m``, ``2h`` or ``1d``; zero or more."""
+def parse_delay(value: float | str | timedelta, task_id: str = "") -> float:
+    """Seconds in ``30``, ``90s``, ``10m``, ``2h`` or ``1d`` (or a ``timedelta``); zero or more."""
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise GraphError(
+            f"task {task_id!r}: delay must be seconds, a duration such as 10m, or a timedelta"
+        )
     if isinstance(value, str):
         match = _DELAY.match(value)
         if not match:
@@ -134,10 +140,20 @@ def parse_delay(value: float | str, task_id: str = "") -> float:
     return float(value)
 
 
-def parse_time(value: str, task_id: str = "") -> str:
-    """An ISO 8601 time (UTC when it names no zone) as the store writes times."""
+def parse_time(value: str | datetime, task_id: str = "") -> str:
+    """An ISO 8601 time, or a ``datetime`` (UTC when it names no zone), as the store
+    writes times."""
+    if not isinstance(value, (str, datetime)):
+        raise GraphError(
+            f"task {task_id!r}: not_before must be an ISO 8601 time or a datetime,"
+            f" got {type(value).__name__}"
+        )
     try:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        moment = (
+            value
+            if isinstance(value, datetime)
+            else datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        )
     except ValueError:
         raise GraphError(
             f"task {task_id!r}: not_before {value!r} is not an ISO 8601 time"
@@ -160,8 +176,8 @@ def make_spec(
     timeout: float | None = None,
     queue: str | None = None,
     pool: str | None = None,
-    not_before: str | None = None,
-    delay: float | str | None = None,
+    not_before: str | datetime | None = None,
+    delay: float | str | timedelta | None = None,
 ) -> TaskSpec:
     if not task_id or not task_id.strip():
         raise GraphError("task id must not be empty")

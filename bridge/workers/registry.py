@@ -9,12 +9,17 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from bridge.errors import BridgeError
 
-Handler = Callable[[Any], Any]
-F = TypeVar("F", bound=Handler)
+if TYPE_CHECKING:  # a worker imports this module first: nothing more at run time
+    from bridge.workers.context import TaskContext
+
+Handler = Callable[..., Any]
+"""``f(payload)``, or ``f(payload, ctx)`` when registered with ``context=True``."""
+F = TypeVar("F", bound=Callable[[Any], Any])
+C = TypeVar("C", bound="Callable[[Any, TaskContext], Any]")
 
 _HANDLERS: dict[str, Handler] = {}
 _WANTS_CONTEXT: set[str] = set()
@@ -25,7 +30,15 @@ class HandlerError(BridgeError, LookupError):
     """No handler is registered for a task's kind, or a handler module will not load."""
 
 
-def handler(name: str, *, context: bool = False) -> Callable[[F], F]:
+@overload
+def handler(name: str, *, context: Literal[False] = False) -> Callable[[F], F]: ...
+
+
+@overload
+def handler(name: str, *, context: Literal[True]) -> Callable[[C], C]: ...
+
+
+def handler(name: str, *, context: bool = False) -> Callable[[Any], Any]:
     """Register a function as the handler of tasks of kind ``name``.
 
     The function takes the task's JSON payload (``None`` when there is none) and
@@ -37,7 +50,7 @@ def handler(name: str, *, context: bool = False) -> Callable[[F], F]:
     if not name or not isinstance(name, str):
         raise ValueError("a handler needs a non-empty name")
 
-    def register(function: F) -> F:
+    def register(function: Handler) -> Handler:
         existing = _HANDLERS.get(name)
         if existing is not None and existing is not function:
             raise ValueError(

@@ -6,6 +6,7 @@ Redis that is missing (nothing here needs one).
 """
 
 import json
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from helpers import query
@@ -147,6 +148,25 @@ def test_graph_takes_every_field_a_file_has_and_writes_the_same_file(tmp_path):
     second = g.specs[1]
     assert (second.timeout, second.queue, second.pool, second.delay) == (1.5, "gpu", "api", 600)
     assert second.dependencies == ("first",) and second.not_before.startswith("2030-01-01 00:00")
+
+
+def test_graph_takes_a_datetime_and_a_timedelta_for_the_delays(tmp_path):
+    g = Graph()
+    berlin = timezone(timedelta(hours=1))
+    g.task("aware", not_before=datetime(2030, 1, 1, 3, 0, tzinfo=berlin))
+    g.task("naive", not_before=datetime(2030, 1, 1, 2, 30))  # no zone: UTC, as the CLI
+    g.task("later", delay=timedelta(minutes=10))
+    aware, naive, later = g.specs
+    assert aware.not_before == "2030-01-01 02:00:00.000000"
+    assert naive.not_before == "2030-01-01 02:30:00.000000"
+    assert later.delay == 600
+    g.write(tmp_path / "g.json")
+    assert graph.parse_graph((tmp_path / "g.json").read_text()) == g.specs
+    with pytest.raises(GraphError, match="task 'x': not_before must be an ISO 8601 time or a"):
+        g.task("x", not_before=1893456000)  # type: ignore[arg-type]
+    with pytest.raises(GraphError, match="task 'y': delay must be seconds, a duration such"):
+        g.task("y", delay=[10])  # type: ignore[arg-type]
+    assert [s.id for s in g.specs] == ["aware", "naive", "later"]
 
 
 def test_graph_refuses_bad_fields_with_the_cli_messages():
@@ -343,6 +363,16 @@ def test_client_submits_reads_and_times_out_without_a_dispatcher(db_url, monkeyp
         assert unnamed.name.startswith("add-") and unnamed.ids() == {"b": "b"}
         with pytest.raises(GraphError, match="^run 'r1' already exists$"):
             client.submit(g, run="r1")
+
+
+def test_client_refuses_an_empty_graph_and_makes_no_run(db_url, monkeypatch):
+    # As `bridge submit` refuses an empty file: no run without tasks is made.
+    monkeypatch.setenv("BRIDGE_REDIS_URL", DEAD_REDIS)
+    with Client(database_url=db_url) as client:
+        for empty, name in ((Graph(), None), ([], "named"), (Graph(), "named")):
+            with pytest.raises(GraphError, match="^the graph has no tasks: nothing to submit$"):
+                client.submit(empty, run=name)
+        assert client.runs() == [] and client.tasks() == []
 
 
 def test_wait_for_chosen_tasks_names_a_missing_one_and_judges_only_those(app, db_url):
