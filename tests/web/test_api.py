@@ -1,6 +1,7 @@
 """The JSON API through a real ``bridge serve`` process: every route and error status."""
 
 import json
+import socket
 
 import httpx
 from helpers import bridge, wait_until
@@ -247,6 +248,19 @@ def test_serve_refuses_a_public_host_without_a_token(bridge_env):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: refusing to listen on 0.0.0.0")
     assert "BRIDGE_API_TOKEN" in lines[0]
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(bridge_env):
+    # Given a port something already listens on
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # When bridge serve is asked to listen there
+        result = bridge("serve", "--port", str(port), env=bridge_env)
+    # Then it refuses in one line (not uvicorn's log), with a non-zero exit
+    assert result.returncode != 0
+    assert result.stderr == f"error: cannot listen on 127.0.0.1:{port}: address already in use\n"
 
 
 def test_bridge_graph_prints_mermaid_and_dot(api, server):
