@@ -109,6 +109,8 @@ def create_app(app: App) -> FastAPI:
     async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {}
+        if first.get("type") == "json_invalid":
+            return error_response(400, "the body is not valid JSON")
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "header"))
         return error_response(400, f"{where or 'request'}: {first.get('msg', 'invalid')}")
 
