@@ -219,12 +219,12 @@ def _cross_site_refusal(scope: Scope) -> Callable[[Send], Awaitable[None]] | Non
     """Without a token anyone on this host may call, but no web page elsewhere: a Host
     that is not a loopback name is DNS rebinding, and a state-changing request whose
     Origin is not a loopback page is a cross-site one (a form or ``fetch`` that needs no
-    preflight). ``/mcp`` checks the same in the SDK's own way."""
+    preflight): 421 and 403. ``/mcp`` checks the same in the SDK's own way."""
     headers = scope.get("headers", [])
     host = header(headers, b"host")
     if host is not None and not is_loopback_name(host):
-        return lambda send: _json(
-            send, 403, "refused: without BRIDGE_API_TOKEN only loopback host names are served"
+        return lambda send: _json(  # 421 Misdirected Request, as the MCP SDK answers it
+            send, 421, "refused: without BRIDGE_API_TOKEN only loopback host names are served"
         )
     if scope.get("method", "GET") in UNSAFE_METHODS:
         origin = header(headers, b"origin")

@@ -115,7 +115,7 @@ def test_without_a_token_no_other_site_may_call_it(api):
         assert "cross-site" in answer.json()["error"]
     # And a page on a name rebound to this host is refused too (DNS rebinding)
     rebound = api.get("/api/tasks", headers={"Host": "evil.example"})
-    assert rebound.status_code == 403 and "loopback" in rebound.json()["error"]
+    assert rebound.status_code == 421 and "loopback" in rebound.json()["error"]
     # While the dashboard's own requests (a loopback Origin) still work
     own = api.post("/api/tasks/keep/cancel", headers={"Origin": str(api.base_url)})
     assert own.status_code == 200, own.text
