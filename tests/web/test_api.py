@@ -297,3 +297,19 @@ def test_summary_counts_follow_changes_and_a_clean(api, server):
     assert api.get("/api/summary").json()["counts"] == {}
     api.post("/api/tasks", json={"id": "c"})
     assert api.get("/api/summary").json()["counts"] == {"available": 1}
+
+
+def test_empty_query_parameters_mean_no_filter(api):
+    # Given a graph
+    api.post("/api/tasks", json=GRAPH)
+    # When the routes are called with every parameter given empty, as the issue writes them
+    tasks = api.get("/api/tasks?status=&q=&run=&limit=&cursor=")
+    events = api.get("/api/events?task=&after=&limit=")
+    drawn = api.get("/api/graph?root=&format=json")
+    # Then an empty parameter is as if absent
+    assert tasks.status_code == 200, tasks.text
+    assert [t["id"] for t in tasks.json()["tasks"]] == ["fetch", "parse", "report"]
+    assert events.status_code == 200 and len(events.json()["events"]) == 3, events.text
+    assert drawn.status_code == 200 and len(drawn.json()["nodes"]) == 3, drawn.text
+    # And a value is still checked
+    assert api.get("/api/tasks?status=&limit=0").status_code == 400
