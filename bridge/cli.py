@@ -1243,6 +1243,7 @@ def serve(context: Context, host: str, port: int) -> None:
 
     check_host(host, token=context.settings.api_token)
     check_port(host, port)
+    context.engine  # noqa: B018 (a database it cannot open: one error line, nothing before it)
     click.echo(f"serving {url_of(host, port)}", err=True)
     serve(context, host=host, port=port)
 

@@ -4,6 +4,7 @@ import json
 import socket
 
 import httpx
+from conftest import free_port
 from helpers import bridge, wait_until
 
 GRAPH = [
@@ -261,6 +262,15 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(bridge_env):
     # Then it refuses in one line (not uvicorn's log), with a non-zero exit
     assert result.returncode != 0
     assert result.stderr == f"error: cannot listen on 127.0.0.1:{port}: address already in use\n"
+
+
+def test_serve_on_a_database_it_cannot_open_says_so_in_one_line(bridge_env, tmp_path):
+    env = {**bridge_env, "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path}/missing/dir/x.db"}
+    result = bridge("serve", "--port", str(free_port()), env=env)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: cannot open"), (
+        result.stderr
+    )
 
 
 def test_bridge_graph_prints_mermaid_and_dot(api, server):
