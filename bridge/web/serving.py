@@ -77,8 +77,17 @@ def serve(app: App, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> No
     check_host(host, token=app.settings.api_token)
     check_port(host, port)
     app.engine  # noqa: B018 (open, maybe create, the database before the first request)
+    web = create_app(app)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            hub = getattr(web.state, "hub", None)
+            if hub is not None:
+                hub.close_soon()  # live streams end now, not at the grace's end
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
     config = uvicorn.Config(
-        create_app(app),
+        web,
         host=host,
         port=port,
         log_level="info",
@@ -86,4 +95,4 @@ def serve(app: App, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> No
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
         server_header=False,
     )
-    uvicorn.Server(config).run()
+    Server(config).run()
