@@ -1239,9 +1239,11 @@ def serve(context: Context, host: str, port: int) -> None:
     Without BRIDGE_API_TOKEN it listens on loopback only; with it, every route but
     /healthz and /login asks for the token.
     """
-    from bridge.web.serving import check_host, serve, url_of
+    from bridge.web.serving import check_host, check_port, serve, url_of
 
     check_host(host, token=context.settings.api_token)
+    check_port(host, port)
+    context.engine  # noqa: B018 (a database it cannot open: one error line, nothing before it)
     click.echo(f"serving {url_of(host, port)}", err=True)
     serve(context, host=host, port=port)
 

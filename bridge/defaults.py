@@ -121,6 +121,9 @@ RUN_POLL = 0.25
 """Seconds between looks at the database while ``bridge run``/``wait`` watch a graph."""
 STOP_GRACE = 30.0
 """Seconds children get to finish their current task after SIGTERM."""
+SERVE_READY_WAIT = 15.0
+"""Seconds ``bridge run --serve`` waits for its ``serve`` to answer before it prints the
+dashboard's URL."""
 RESTART_BACKOFF = 0.5
 """Seconds ``bridge run`` waits before restarting a child that exited; doubled for each
 further exit, so a child that cannot start does not spin."""

@@ -33,6 +33,7 @@ from bridge.defaults import (
     RESTART_BACKOFF_CAP,
     RESTART_RESET_AFTER,
     RUN_POLL,
+    SERVE_READY_WAIT,
     STOP_GRACE,
     STOP_POLL,
 )
@@ -279,6 +280,21 @@ class Supervisor:
         child.started_at = time.monotonic()
         child.restart_at = None
 
+    def wait_served(self, port: int, poll: Callable[[], None]) -> bool:
+        """Wait until the ``serve`` child accepts connections on ``port`` (so the URL
+        printed answers), at most ``SERVE_READY_WAIT`` s; False if it did not."""
+        deadline = time.monotonic() + SERVE_READY_WAIT
+        while time.monotonic() < deadline:
+            poll()
+            if self.server is None or not self.server.running:
+                return False
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return True
+            except OSError:
+                time.sleep(0.05)
+        return False
+
     def check(self) -> None:
         """Restart children that died, with backoff; the database makes that safe.
 
@@ -419,6 +435,10 @@ def run_graph(
     folder is removed after a success and named otherwise. With ``serve_port``,
     ``bridge serve`` runs beside them (loopback) while the graph runs.
     """
+    if serve_port is not None:
+        from bridge.web.serving import check_port
+
+        check_port("127.0.0.1", serve_port)  # taken: say so before anything starts
     with StopSignals() as signals:
         settings, private = resolve_redis(settings, private=private_redis)
         supervisor: Supervisor | None = None
@@ -435,7 +455,11 @@ def run_graph(
             supervisor = Supervisor(settings, workers, log_dir, serve_port=serve_port)
             supervisor.start()
             if serve_port is not None:
-                say(f"dashboard: http://127.0.0.1:{serve_port}/ (log: {log_dir / 'serve.log'})")
+                url = f"http://127.0.0.1:{serve_port}/"
+                if supervisor.wait_served(serve_port, signals.check):
+                    say(f"dashboard: {url} (log: {log_dir / 'serve.log'})")
+                else:
+                    say(f"dashboard: {url} does not answer yet (log: {log_dir / 'serve.log'})")
 
             def poll() -> None:
                 signals.check()

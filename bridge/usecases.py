@@ -1520,10 +1520,14 @@ def task_json(app: App, task_id: str) -> dict[str, Any]:
 
 def specs_from_json(data: Any) -> list[TaskSpec]:
     """A request body: one task object or a list of them (a graph), checked as
-    ``bridge add --file`` checks a file."""
+    ``bridge add --file`` checks a file. An empty list is refused (as ``bridge run`` and
+    ``bridge submit`` refuse an empty file): over HTTP or MCP it would only make an empty
+    run."""
     if isinstance(data, dict):
         return [graph.spec_from_mapping(data, "task")]
     if isinstance(data, list):
+        if not data:
+            raise graph.GraphError("no tasks given")
         specs = []
         for index, raw in enumerate(data):
             if not isinstance(raw, dict):

@@ -109,6 +109,8 @@ def create_app(app: App) -> FastAPI:
     async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {}
+        if first.get("type") == "json_invalid":
+            return error_response(400, "the body is not valid JSON")
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "header"))
         return error_response(400, f"{where or 'request'}: {first.get('msg', 'invalid')}")
 
@@ -132,8 +134,24 @@ def create_app(app: App) -> FastAPI:
         # ``/mcp/`` is not one every client follows.
         web.router.add_route("/mcp", mcp_app, include_in_schema=False)
         web.mount("/mcp", mcp_app)
+    web.add_middleware(EmptyQueryIsAbsent)
     web.add_middleware(auth.Guard, token=app.settings.api_token, max_body=app.settings.max_body)
     return web
+
+
+class EmptyQueryIsAbsent:
+    """``GET /api/tasks?status=&q=&run=&limit=&cursor=`` (a form, or a client that sends
+    every parameter) means no filter: on a GET of ``/api/``, ``name=`` is as if absent."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        query = scope.get("query_string", b"") if scope["type"] == "http" else b""
+        if query and scope.get("method") == "GET" and scope.get("path", "").startswith("/api/"):
+            kept = [part for part in query.split(b"&") if part.partition(b"=")[2]]
+            scope = {**scope, "query_string": b"&".join(kept)}
+        await self.app(scope, receive, send)
 
 
 def _login_router(app: App) -> Any:

@@ -10,6 +10,7 @@ request signed in by cookie must echo the ``bridge_csrf`` cookie in ``X-CSRF-Tok
 import hashlib
 import hmac
 import html
+import ipaddress
 import json
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -134,7 +135,7 @@ class Guard:
         if refusal is not None:
             await refusal(send_secured)
             return
-        await self.app(scope, self._limited(receive), send_secured)
+        await self.app(as_json(scope), self._limited(receive), send_secured)
 
     def _limited(self, receive: Receive) -> Receive:
         """A body sent without a length (chunked) is cut off at the limit too."""
@@ -153,11 +154,11 @@ class Guard:
         return wrapped
 
     def _refusal(self, scope: Scope) -> Callable[[Send], Awaitable[None]] | None:
-        if self.token is None or self.session is None:
-            return None
         path = scope.get("path", "")
         if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             return None
+        if self.token is None or self.session is None:
+            return _cross_site_refusal(scope)
         headers = scope.get("headers", [])
         authorization = header(headers, b"authorization") or ""
         scheme, _, credential = authorization.partition(" ")
@@ -182,6 +183,61 @@ class Guard:
         return lambda send: _json(
             send, 401, "authentication required: send Authorization: Bearer <token>"
         )
+
+
+def as_json(scope: Scope) -> Scope:
+    """The API's bodies are JSON whatever the Content-Type says: ``curl -d '{...}'``
+    (form-encoded) or a client that sends none is read as JSON on every ``/api/`` route,
+    as ``POST /api/tasks`` always did, not refused as "not an object". Safe: a cross-site
+    page cannot send one (a token, or the check on its Origin, stops it first)."""
+    if scope.get("method") not in UNSAFE_METHODS or not scope.get("path", "").startswith("/api/"):
+        return scope
+    headers = scope.get("headers", [])
+    given = (header(headers, b"content-type") or "").split(";")[0].strip().lower()
+    if given == "application/json" or given.endswith("+json"):
+        return scope
+    kept = [(k, v) for k, v in headers if k != b"content-type"]
+    return {**scope, "headers": [*kept, (b"content-type", b"application/json")]}
+
+
+def is_loopback_name(host: str) -> bool:
+    """``localhost``, ``127.x.y.z`` or ``[::1]`` (a port after it or not)."""
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1 : name.find("]")] if "]" in name else name[1:]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _cross_site_refusal(scope: Scope) -> Callable[[Send], Awaitable[None]] | None:
+    """Without a token anyone on this host may call, but no web page elsewhere: a Host
+    that is not a loopback name is DNS rebinding, and a state-changing request whose
+    Origin is not a loopback page is a cross-site one (a form or ``fetch`` that needs no
+    preflight): 421 and 403. ``/mcp`` checks the same in the SDK's own way."""
+    headers = scope.get("headers", [])
+    host = header(headers, b"host")
+    if host is not None and not is_loopback_name(host):
+        return lambda send: _json(  # 421 Misdirected Request, as the MCP SDK answers it
+            send, 421, "refused: without BRIDGE_API_TOKEN only loopback host names are served"
+        )
+    if scope.get("method", "GET") in UNSAFE_METHODS:
+        origin = header(headers, b"origin")
+        if origin is not None and not _is_loopback_origin(origin):
+            return lambda send: _json(
+                send, 403, "refused: a cross-site request (its Origin is not a loopback page)"
+            )
+    return None
+
+
+def _is_loopback_origin(origin: str) -> bool:
+    scheme, sep, rest = origin.strip().partition("://")
+    return bool(sep) and scheme.lower() in ("http", "https") and is_loopback_name(rest)
 
 
 class BodyTooLarge(Exception):

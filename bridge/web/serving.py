@@ -1,6 +1,7 @@
 """Running the HTTP app: where it may listen, and uvicorn in this process."""
 
 import ipaddress
+import socket
 
 from bridge.app import App
 from bridge.errors import BridgeError
@@ -34,6 +35,32 @@ def check_host(host: str, *, token: str | None) -> None:
         )
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse, in one line, an address that cannot be listened on (a port in use, a
+    name that does not resolve), before uvicorn would log it over several lines.
+
+    Binds as uvicorn's listener does (``SO_REUSEADDR``) and lets go at once; the
+    listener itself is uvicorn's, so a name like ``localhost`` keeps every address
+    it resolves to.
+    """
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        found = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ServeError(f"cannot listen on {where}: {reason.lower()}") from None
+    for family, kind, proto, _, address in found:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ServeError(f"cannot listen on {where}: {reason.lower()}") from None
+
+
 def url_of(host: str, port: int) -> str:
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
     if host in ("0.0.0.0", "::"):
@@ -48,9 +75,19 @@ def serve(app: App, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> No
     from bridge.web.app import create_app
 
     check_host(host, token=app.settings.api_token)
+    check_port(host, port)
     app.engine  # noqa: B018 (open, maybe create, the database before the first request)
+    web = create_app(app)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            hub = getattr(web.state, "hub", None)
+            if hub is not None:
+                hub.close_soon()  # live streams end now, not at the grace's end
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
     config = uvicorn.Config(
-        create_app(app),
+        web,
         host=host,
         port=port,
         log_level="info",
@@ -58,4 +95,4 @@ def serve(app: App, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> No
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
         server_header=False,
     )
-    uvicorn.Server(config).run()
+    Server(config).run()

@@ -48,7 +48,21 @@ class EventHub:
 
     async def start(self) -> None:
         self.last_id = await run_in_threadpool(self._last_id)
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._poll())
+
+    def close_soon(self) -> None:
+        """End every stream now, from a signal handler: the server is shutting down, and
+        a live stream never ends by itself, so it would hold the shutdown until uvicorn
+        cancels it (a traceback in the log)."""
+        loop = getattr(self, "_loop", None)
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(lambda: loop.create_task(self._wake_closed()))
+
+    async def _wake_closed(self) -> None:
+        self.closed = True
+        async with self.changed:
+            self.changed.notify_all()
 
     async def stop(self) -> None:
         self.closed = True

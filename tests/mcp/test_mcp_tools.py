@@ -144,3 +144,17 @@ def test_pages_of_tasks_cover_every_task_once(app):
     # Given 7 tasks, when an agent pages through them 3 at a time
     # Then it sees each once, in the order they were added
     assert drive(scenario, 60) == [t["id"] for t in tasks]
+
+
+def test_add_tasks_refuses_an_empty_list_as_the_http_api_does(app):
+    async def scenario() -> tuple[str, str, dict]:
+        async with Client(build_server(app)) as client:
+            bare = await refused(client, "add_tasks", {"tasks": []})
+            named = await refused(client, "add_tasks", {"tasks": [], "run": "nothing"})
+            summary = await call(client, "graph_summary", {})
+            return bare, named, summary
+
+    bare, named, summary = drive(scenario, 60)
+    assert bare == named == "no tasks given"
+    # And no empty run was made
+    assert summary["runs"] == 0 and summary["total"] == 0

@@ -1,8 +1,10 @@
 """The JSON API through a real ``bridge serve`` process: every route and error status."""
 
 import json
+import socket
 
 import httpx
+from conftest import free_port
 from helpers import bridge, wait_until
 
 GRAPH = [
@@ -249,6 +251,28 @@ def test_serve_refuses_a_public_host_without_a_token(bridge_env):
     assert "BRIDGE_API_TOKEN" in lines[0]
 
 
+def test_serve_on_a_port_in_use_says_so_in_one_line(bridge_env):
+    # Given a port something already listens on
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # When bridge serve is asked to listen there
+        result = bridge("serve", "--port", str(port), env=bridge_env)
+    # Then it refuses in one line (not uvicorn's log), with a non-zero exit
+    assert result.returncode != 0
+    assert result.stderr == f"error: cannot listen on 127.0.0.1:{port}: address already in use\n"
+
+
+def test_serve_on_a_database_it_cannot_open_says_so_in_one_line(bridge_env, tmp_path):
+    env = {**bridge_env, "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path}/missing/dir/x.db"}
+    result = bridge("serve", "--port", str(free_port()), env=env)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: cannot open"), (
+        result.stderr
+    )
+
+
 def test_bridge_graph_prints_mermaid_and_dot(api, server):
     api.post("/api/tasks", json=GRAPH)
     mermaid = bridge("graph", "parse", env=server.env)
@@ -283,3 +307,19 @@ def test_summary_counts_follow_changes_and_a_clean(api, server):
     assert api.get("/api/summary").json()["counts"] == {}
     api.post("/api/tasks", json={"id": "c"})
     assert api.get("/api/summary").json()["counts"] == {"available": 1}
+
+
+def test_empty_query_parameters_mean_no_filter(api):
+    # Given a graph
+    api.post("/api/tasks", json=GRAPH)
+    # When the routes are called with every parameter given empty, as the issue writes them
+    tasks = api.get("/api/tasks?status=&q=&run=&limit=&cursor=")
+    events = api.get("/api/events?task=&after=&limit=")
+    drawn = api.get("/api/graph?root=&format=json")
+    # Then an empty parameter is as if absent
+    assert tasks.status_code == 200, tasks.text
+    assert [t["id"] for t in tasks.json()["tasks"]] == ["fetch", "parse", "report"]
+    assert events.status_code == 200 and len(events.json()["events"]) == 3, events.text
+    assert drawn.status_code == 200 and len(drawn.json()["nodes"]) == 3, drawn.text
+    # And a value is still checked
+    assert api.get("/api/tasks?status=&limit=0").status_code == 400

@@ -98,3 +98,26 @@ def test_the_token_can_come_from_a_file_and_allows_a_public_host(
 def test_without_a_token_no_auth_is_asked(api):
     assert api.get("/api/tasks").status_code == 200
     assert api.post("/api/tasks", json={"id": "a"}).status_code == 201
+
+
+def test_without_a_token_no_other_site_may_call_it(api):
+    # Given bridge serve without a token (loopback only) and a task
+    assert api.post("/api/tasks", json={"id": "keep"}).status_code == 201
+    # When a page on another site posts to it (a form, or fetch without a preflight)
+    for path, body in [("/api/tasks/keep/cancel", b""), ("/api/tasks", b'{"id": "planted"}')]:
+        answer = api.post(
+            path,
+            content=body,
+            headers={"Origin": "http://evil.example", "Content-Type": "text/plain"},
+        )
+        # Then it is refused and nothing changes
+        assert answer.status_code == 403, answer.text
+        assert "cross-site" in answer.json()["error"]
+    # And a page on a name rebound to this host is refused too (DNS rebinding)
+    rebound = api.get("/api/tasks", headers={"Host": "evil.example"})
+    assert rebound.status_code == 421 and "loopback" in rebound.json()["error"]
+    # While the dashboard's own requests (a loopback Origin) still work
+    own = api.post("/api/tasks/keep/cancel", headers={"Origin": str(api.base_url)})
+    assert own.status_code == 200, own.text
+    assert [t["id"] for t in api.get("/api/tasks").json()["tasks"]] == ["keep"]
+    assert api.get("/healthz", headers={"Host": "evil.example"}).status_code == 200

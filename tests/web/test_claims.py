@@ -77,3 +77,28 @@ def test_claim_routes_answer_400_404_and_409(api):
     # Nothing above changed a task: both are still waiting
     assert api.get("/api/tasks/e").json()["status"] == "available"
     assert api.get("/api/tasks/rq").json()["attempts"] == 0
+
+
+def test_a_claim_body_is_read_as_json_whatever_its_content_type(api):
+    # Given an external task
+    assert api.post("/api/tasks", json=[{"id": "e", "kind": "external"}]).status_code == 201
+    # When an agent posts its JSON as `curl -d` does (form-encoded) or with no type at all
+    claimed = api.post(
+        "/api/claims",
+        content=b'{"worker": "w"}',
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    # Then it is read as JSON, like POST /api/tasks
+    assert claimed.status_code == 200, claimed.text
+    attempt = claimed.json()["attempt"]
+    beat = api.post("/api/claims/e/heartbeat", content=f'{{"attempt": {attempt}}}'.encode())
+    assert beat.status_code == 200, beat.text
+    done = api.post(
+        "/api/tasks/e/complete",
+        content=f'{{"attempt": {attempt}, "output": 1}}'.encode(),
+        headers={"Content-Type": "text/plain"},
+    )
+    assert done.status_code == 200 and done.json()["task"]["output"] == 1, done.text
+    # And a body that is not JSON is one line saying so
+    bad = api.post("/api/claims", content=b"worker=w")
+    assert bad.status_code == 400 and bad.json() == {"error": "the body is not valid JSON"}

@@ -1,6 +1,7 @@
 """``bridge run FILE --serve``: the API answers while the graph runs; the deploy files."""
 
 import json
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -57,6 +58,60 @@ def test_run_with_serve_shows_the_graph_while_it_runs(tmp_path, bridge_env):
         raise AssertionError("bridge serve still answers after the run ended")
     except httpx.TransportError:
         pass
+
+
+def test_the_dashboard_url_answers_as_soon_as_it_is_printed(tmp_path, bridge_env):
+    # Given a graph that runs for a few seconds
+    graph = tmp_path / "g.json"
+    graph.write_text(json.dumps([{"id": "slow", "kind": "sleep", "payload": {"seconds": 4}}]))
+    port = free_port()
+    # When it is run with --serve and the dashboard line is read
+    run = subprocess.Popen(
+        [*BRIDGE, "run", str(graph), "--serve", "--port", str(port)],
+        env=bridge_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert run.stderr is not None
+        line = ""
+        for line in run.stderr:
+            if line.startswith("dashboard:"):
+                break
+        # Then the URL it names answers at once, no retry needed
+        assert line.startswith(f"dashboard: http://127.0.0.1:{port}/ (log: "), line
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        run.stderr.read()
+        assert run.wait(timeout=120) == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+
+
+def test_run_with_serve_on_a_port_in_use_refuses_before_adding(tmp_path, bridge_env, db_path):
+    # Given a graph, and a port something else already listens on
+    graph = tmp_path / "g.json"
+    graph.write_text(json.dumps([{"id": "a"}]))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # When it is run with --serve on that port
+        result = subprocess.run(
+            [*BRIDGE, "run", str(graph), "--serve", "--port", str(port)],
+            env=bridge_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    # Then it says so in one line, exits non-zero, and neither printed a dashboard URL
+    # (it would be another server's) nor added the graph
+    assert result.returncode != 0
+    assert result.stderr == f"error: cannot listen on 127.0.0.1:{port}: address already in use\n"
+    assert "dashboard" not in result.stdout + result.stderr
+    assert not db_path.exists()
 
 
 def test_the_deploy_files_run_serve():

@@ -75,6 +75,33 @@ def test_a_change_reaches_a_connected_client(api):
     assert got[0]["data"]["to_status"] == "available"
 
 
+def test_sigterm_ends_open_streams_at_once_without_a_traceback(server, processes):
+    # Given a client following the stream (the dashboard always is)
+    opened = threading.Event()
+    ended: list[bool] = []
+
+    def follow() -> None:
+        with server.client() as client, client.stream("GET", "/api/stream") as response:
+            opened.set()
+            for _ in response.iter_lines():
+                pass
+        ended.append(True)
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    assert opened.wait(30)
+    time.sleep(0.5)
+    # When the server gets SIGTERM
+    started = time.monotonic()
+    processes.stop(server.process)  # type: ignore[arg-type]
+    took = time.monotonic() - started
+    reader.join(timeout=10)
+    # Then the stream ends cleanly and the server does not wait out its grace for it
+    assert ended == [True]
+    assert took < 2.5, took
+    assert "Traceback" not in processes.logs()
+
+
 def test_a_bad_last_event_id_is_400(api):
     response = api.get("/api/stream", headers={"Last-Event-ID": "yesterday"})
     assert response.status_code == 400 and set(response.json()) == {"error"}
