@@ -328,6 +328,8 @@ def add(
         if given:
             fail(f"{', '.join(given)} cannot be used with --file (the file describes each task)", 2)
         specs = graph.parse_graph(_read(file_path), file_path)
+        if not specs:
+            fail(f"{file_path} has no tasks")
     elif task_id is None:
         fail("give a task ID or --file", 2)
     else:
@@ -499,7 +501,9 @@ def events(context: Context, task_id: str | None, as_json: bool, follow: bool) -
 
 @cli.command()
 @click.argument("task_id")
-@click.option("--attempt", type=int, help="Only the lines of this attempt.")
+@click.option(
+    "--attempt", type=click.IntRange(min=1), help="Only the lines of this attempt (1 is the first)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_context
 def logs(context: Context, task_id: str, attempt: int | None, as_json: bool) -> None:

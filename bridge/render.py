@@ -231,12 +231,13 @@ def status_view(status: Status) -> Group:
     head.add_row("tasks", Text(f"{status.total}: {counts}" if status.total else counts))
     parts.append(head)
     if status.workers is not None:
-        workers = Table(title=f"workers on queue {status.queue!r}: {len(status.workers)}")
-        for column in ("name", "state", "current job", "host", "pid", "last heartbeat"):
+        workers = Table(title=f"workers: {len(status.workers)}")
+        for column in ("name", "queues", "state", "current job", "host", "pid", "last heartbeat"):
             workers.add_column(column, overflow="fold")
         for worker in status.workers:
             workers.add_row(
                 _text(worker.name),
+                _text(", ".join(worker.queues)),
                 _text(worker.state),
                 _text(worker.current_job),
                 _text(worker.hostname),

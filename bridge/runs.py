@@ -36,6 +36,9 @@ def check_run_name(name: str) -> str:
         raise GraphError(f"run name is longer than {MAX_RUN_NAME} characters")
     if name != name.strip() or not name.isprintable():
         raise GraphError(f"run name {name!r} must be printable, without surrounding spaces")
+    if "/" in name:
+        # Stored ids are NAME/id: run "a/b" with task "c" would be run "a" with task "b/c".
+        raise GraphError(f"run name {name!r} must not contain '/' (it ends the run in task ids)")
     return name
 
 

@@ -7,7 +7,7 @@ plain values and returns a result dataclass; nothing here prints, and every
 only SQL and the broker the only Redis: this module only puts their calls in order.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -470,7 +470,7 @@ def status(app: App, *, clock: float | None = None) -> Status:
     try:
         broker = app.broker()
         result.queue_depth = broker.queued_jobs(app.settings.queue)
-        result.workers = broker.workers(app.settings.queue)
+        result.workers = broker.workers(known_queues(app, broker, backlog))
         result.unserved_queues = unserved_queues(broker, backlog)
     except BrokerError as exc:
         result.warnings.append(f"{_redis_unreachable(app, exc)}; workers and queue not shown")
@@ -480,6 +480,12 @@ def status(app: App, *, clock: float | None = None) -> Status:
         for queue, n in result.unserved_queues.items()
     ]
     return result
+
+
+def known_queues(app: App, broker: Broker, backlog: Iterable[str] = ()) -> list[str]:
+    """The queues this database uses: its default one, those tasks wait on, and those its
+    dispatcher serves now; the workers shown are the ones on any of them."""
+    return sorted({app.settings.queue, *backlog, *broker.served_queues()})
 
 
 def _iso(seconds: float) -> str:
@@ -1577,7 +1583,10 @@ def slot_dicts(app: App) -> list[dict[str, Any]]:
 
 def worker_dicts(app: App) -> list[dict[str, Any]]:
     """The RQ workers on the queue, with the task each runs (from its job id)."""
-    workers = app.broker().workers(app.settings.queue)
+    broker = app.broker()
+    with store.reading(app.engine) as session:
+        backlog = store.queue_backlog(session=session)
+    workers = broker.workers(known_queues(app, broker, backlog))
     jobs = [w.current_job for w in workers if w.current_job]
     with store.reading(app.engine) as session:
         owners = store.tasks_of_jobs(session=session, job_ids=jobs) if jobs else {}
@@ -1587,7 +1596,7 @@ def worker_dicts(app: App) -> list[dict[str, Any]]:
             "state": w.state,
             "current_task": owners.get(w.current_job) if w.current_job else None,
             "last_heartbeat": w.last_heartbeat,
-            "queues": [app.settings.queue],
+            "queues": w.queues,
         }
         for w in workers
     ]

@@ -8,7 +8,7 @@ method raises ``BrokerUnavailable`` (never a redis-py error) when Redis fails.
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -96,6 +96,8 @@ class WorkerInfo:
     pid: int | None
     last_heartbeat: str | None
     """ISO time of its last heartbeat to RQ."""
+    queues: list[str] = field(default_factory=list)
+    """The queues it listens on, in its order."""
 
 
 class Broker:
@@ -376,11 +378,16 @@ class Broker:
     # ---- status
 
     @translated
-    def workers(self, queue: str) -> list["WorkerInfo"]:
-        """The RQ workers registered on ``queue``, alive as far as RQ knows (a worker that
-        stopped heart-beating drops out when its registration key expires)."""
+    def workers(self, queues: str | Iterable[str]) -> list["WorkerInfo"]:
+        """The RQ workers registered on any of ``queues``, each once, alive as far as RQ
+        knows (a worker that stopped heart-beating drops out when its registration key
+        expires)."""
+        found: dict[str, Worker] = {}
+        for name in [queues] if isinstance(queues, str) else sorted(set(queues)):
+            for worker in Worker.all(queue=self.queue(name)):
+                found.setdefault(worker.name, worker)
         infos = []
-        for worker in sorted(Worker.all(queue=self.queue(queue)), key=lambda w: w.name):
+        for worker in sorted(found.values(), key=lambda w: w.name):
             state = worker.get_state()
             beat = worker.last_heartbeat
             infos.append(
@@ -391,9 +398,26 @@ class Broker:
                     hostname=worker.hostname,
                     pid=worker.pid,
                     last_heartbeat=None if beat is None else beat.isoformat(),
+                    queues=worker.queue_names(),
                 )
             )
         return infos
+
+    @translated
+    def served_queues(self) -> list[str]:
+        """The queues a dispatcher of this database serves right now (it claims each queue
+        it sends a job to, ``claim_queues``)."""
+        prefix = queue_owner("")
+        keys = sorted(self.client.scan_iter(match=prefix + "*", count=1000))
+        if not keys:
+            return []
+        owners = self.client.mget(keys)
+        mine = self.namespace.encode()
+        return [
+            key.decode()[len(prefix) :]
+            for key, owner in zip(keys, owners, strict=True)
+            if owner == mine
+        ]
 
     @translated
     def live_workers(self, queues: Iterable[str]) -> dict[str, int]:

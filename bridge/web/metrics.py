@@ -121,8 +121,11 @@ class BridgeCollector(Collector):
                 "bridge_queue_depth", "Jobs waiting in the RQ queue", summary.queue_depth
             )
         try:
-            workers = len(app.broker().workers(app.settings.queue))
-            yield GaugeMetricFamily("bridge_workers", "RQ workers on the queue", workers)
+            broker = app.broker()
+            workers = len(broker.workers(usecases.known_queues(app, broker)))
+            yield GaugeMetricFamily(
+                "bridge_workers", "RQ workers on this database's queues", workers
+            )
         except BrokerError:
             pass
         live = 1 if summary.dispatcher and summary.dispatcher["live"] else 0

@@ -77,27 +77,36 @@ class EventHub:
         with store.reading(self.app.engine) as session:
             return store.last_event_id(session=session)
 
-    def _read(self, after: int, limit: int = BATCH) -> list[dict[str, Any]]:
+    def _read(self, after: int, limit: int = BATCH) -> tuple[int, list[dict[str, Any]], bool]:
+        """``(newest id read, the state changes among the rows, whether the batch was
+        full)``. An audit row of an ignored report (``done -> done``) changed nothing: it
+        is read past, never sent."""
         with store.reading(self.app.engine) as session:
             rows = store.events_after(session=session, after=after, limit=limit)
-        return [{key: row[key] for key in FIELDS} for row in rows]
+        changes = [
+            {key: row[key] for key in FIELDS}
+            for row in rows
+            if row["from_status"] != row["to_status"]
+        ]
+        return (rows[-1]["id"] if rows else after), changes, len(rows) == limit
 
     async def _poll(self) -> None:
         while not self.closed:
             try:
-                fresh = await run_in_threadpool(self._read, self.last_id)
+                newest, fresh, full = await run_in_threadpool(self._read, self.last_id)
             except Exception:  # noqa: BLE001 (a locked or gone database: try next tick)
-                fresh = []
+                newest, fresh, full = self.last_id, [], False
             if fresh:
                 self.ids += [event["id"] for event in fresh]
                 self.chunks += [sse(event) for event in fresh]
                 if len(self.ids) > 2 * BUFFER:
                     del self.ids[:-BUFFER], self.chunks[:-BUFFER]
-                self.last_id = fresh[-1]["id"]
+            if newest != self.last_id:
+                self.last_id = newest
                 async with self.changed:
                     self.changed.notify_all()
-                if len(fresh) == BATCH:
-                    continue  # more waiting: read on without sleeping
+            if full:
+                continue  # more waiting: read on without sleeping
             await asyncio.sleep(POLL_EVERY)
 
     def _floor(self) -> int:
@@ -110,15 +119,16 @@ class EventHub:
         cursor = self.last_id if after is None else after
         while not self.closed:
             if cursor < self._floor():  # resumed from before the buffer: catch up once
-                events = await run_in_threadpool(self._read, cursor)
+                newest, events, _ = await run_in_threadpool(self._read, cursor)
+                # Nothing left to read (pruned or cleaned away): go on from the buffer.
+                cursor = newest if newest != cursor else self._floor()
                 if events:
-                    cursor = events[-1]["id"]
                     yield b"".join(sse(event) for event in events)
                 continue
             if cursor < self.last_id:
                 start = bisect.bisect_right(self.ids, cursor)
+                cursor = self.last_id
                 if start < len(self.ids):
-                    cursor = self.ids[-1]
                     yield b"".join(self.chunks[start:])
                     continue
             async with self.changed:

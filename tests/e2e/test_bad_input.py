@@ -162,6 +162,7 @@ CASES = [
     ),
     # not a list of objects
     case(["add", "--file", GRAPH], ["must hold a JSON list"], {"id": "x"}, id="file-object"),
+    case(["add", "--file", GRAPH], [GRAPH, "has no tasks"], [], id="file-empty"),
     case(
         ["add", "--file", GRAPH],
         ["item 1 is not an object"],
@@ -182,6 +183,8 @@ CASES = [
     case(["retry", "d"], ["cannot retry task 'd'", "done"], id="retry-done"),
     case(["cancel", "d"], ["cannot cancel task 'd'", "done"], id="cancel-done"),
     case(["cancel", "c"], ["cannot cancel task 'c'", "cancelled"], id="cancel-cancelled"),
+    case(["logs", "a", "--attempt", "0"], ["--attempt"], id="logs-attempt-0"),
+    case(["add", "x", "--run", "a/b"], ["must not contain '/'"], id="run-name-slash"),
     case(["retry", "nope"], ["no task 'nope'"], id="retry-unknown"),
     case(["cancel", "nope"], ["no task 'nope'"], id="cancel-unknown"),
     case(["show", "nope"], ["no task 'nope'"], id="show-unknown"),

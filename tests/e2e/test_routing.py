@@ -128,8 +128,13 @@ def test_a_task_routed_to_a_queue_runs_only_on_a_worker_of_that_queue(
     workers = dict(query(db_url, "SELECT id, worker FROM tasks"))
     assert workers == {"gpu-task": "gpu-w", "plain": "default-w"}
     assert [line.split()[0] for line in log.read_text().splitlines()].count("gpu-task") == 1
-    # And status has nothing more to say about queues
-    assert bridge_json("status", env=bridge_env)["unserved_queues"] == {}
+    # And status has nothing more to say about queues, and shows both workers
+    status = bridge_json("status", env=bridge_env)
+    assert status["unserved_queues"] == {}
+    assert {w["name"]: w["queues"] for w in status["workers"]} == {
+        "default-w": ["bridge"],
+        "gpu-w": ["gpu", "other"],
+    }
 
 
 def test_a_delayed_task_is_not_started_early_and_is_started_after(

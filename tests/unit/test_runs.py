@@ -74,7 +74,7 @@ def test_a_run_state_says_whether_more_can_run_and_why_not(counts, ready, state)
     assert runs.run_state(counts, ready) == state
 
 
-@pytest.mark.parametrize("name", ["", "  ", " padded", "tab\there", "x" * 201])
+@pytest.mark.parametrize("name", ["", "  ", " padded", "tab\there", "x" * 201, "a/b"])
 def test_a_run_name_must_be_printable_and_not_blank(name):
     with pytest.raises(GraphError, match="run name"):
         runs.check_run_name(name)

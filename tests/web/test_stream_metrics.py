@@ -46,6 +46,27 @@ def test_the_stream_resumes_after_last_event_id(api):
     assert set(events[0]["data"]) == {"id", "task_id", "from_status", "to_status", "attempt", "at"}
 
 
+def test_the_stream_sends_state_changes_only_never_an_ignored_report(api):
+    # Given a claimed task, a stale completion of it (refused: an "ignored" audit row),
+    # then another task
+    api.post("/api/tasks", json={"id": "a", "kind": "external"})
+    claimed = api.post("/api/claims", json={"kinds": ["external"], "worker": "w"})
+    assert claimed.status_code == 200, claimed.text
+    refused = api.post("/api/tasks/a/complete", json={"attempt": 7, "output": 1})
+    assert refused.status_code == 409
+    api.post("/api/tasks", json={"id": "b"})
+    rows = api.get("/api/events").json()["events"]
+    assert any(r["from_status"] == r["to_status"] for r in rows), rows  # the audit row is kept
+    # When a client reads the stream from the start
+    events = read_events(api, 3, headers={"Last-Event-ID": "0"})
+    # Then it sees the three state changes and nothing of the ignored report
+    assert [(e["data"]["task_id"], e["data"]["to_status"]) for e in events] == [
+        ("a", "available"),
+        ("a", "working"),
+        ("b", "available"),
+    ]
+
+
 def test_the_stream_resumes_from_events_older_than_the_server(start_server, bridge_env):
     # Given events written before the server started (none of them in its memory)
     from helpers import bridge
