@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from memory_broker import MemoryBroker
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from bridge import dispatcher as dispatcher_module
 from bridge import store
@@ -82,7 +82,7 @@ def test_a_finished_job_without_a_report_is_left_alone_until_the_report_grace(se
     assert (task(engine, "a").status, task(engine, "a").attempts) == ("queued", 2)
 
 
-def test_a_lost_job_is_fenced_off_before_its_successor_is_enqueued(setup):
+def test_a_lost_job_is_fenced_off_before_its_successor_is_enqueued(setup, caplog):
     settings, engine, broker, d = setup
     add(engine, make_spec(task_id="a"))
     d.start()
@@ -90,10 +90,13 @@ def test_a_lost_job_is_fenced_off_before_its_successor_is_enqueued(setup):
     old = task(engine, "a").job_id
     broker.jobs.clear()
     broker.queues["bridge"].clear()  # Redis lost it
-    assert d.reconcile(grace=0.0) == 1
+    with caplog.at_level("INFO", logger="bridge.dispatcher"):
+        assert d.reconcile(grace=0.0) == 1
     new = task(engine, "a").job_id
     assert new != old
     assert broker.calls.index(f"supersede {old}") < broker.calls.index(f"enqueue {new}")
+    # And the log names the task and its recovery
+    assert f"task 'a' sent again as attempt 2: {new}" in caplog.text
 
 
 def test_an_attempt_whose_worker_is_alive_again_is_not_replaced(setup):
@@ -176,6 +179,50 @@ def test_a_database_error_is_retried_and_no_report_is_lost(setup, monkeypatch):
     finally:
         d.stop_event.set()
         runner.join(timeout=10)
+
+
+def test_a_read_only_database_is_waited_out_and_dispatching_goes_on(setup, monkeypatch, caplog):
+    # Given a dispatcher running, whose database then refuses every write (SQLite's
+    # query_only: what a read-only file does, also to root), and a task added meanwhile
+    settings, engine, broker, d = setup
+    monkeypatch.setattr(dispatcher_module, "DATABASE_RETRY", 0.05)
+    read_only = threading.Event()
+
+    @event.listens_for(engine, "connect")
+    def _refuse_writes(dbapi_connection, _record):
+        dbapi_connection.execute(f"PRAGMA query_only = {int(read_only.is_set())}")
+
+    runner = threading.Thread(target=d.run)
+    with caplog.at_level("WARNING", logger="bridge.dispatcher"):
+        runner.start()
+        try:
+            deadline = datetime.now() + timedelta(seconds=10)
+            while d._run_id is None and datetime.now() < deadline:
+                threading.Event().wait(0.02)
+            read_only.set()
+            engine.dispose()  # connections made from now on refuse writes
+            add_engine = store.open_engine(settings.database_url)
+            try:
+                with store.writing(add_engine) as session:
+                    store.add_tasks(session=session, specs=[make_spec(task_id="a")])
+            finally:
+                add_engine.dispose()
+            while "readonly" not in caplog.text and datetime.now() < deadline:
+                threading.Event().wait(0.02)
+            # Then it logs the failure, keeps running, and sends nothing meanwhile
+            assert "the database failed" in caplog.text and "readonly" in caplog.text
+            threading.Event().wait(0.3)
+            assert runner.is_alive() and not broker.queues.get("bridge")
+            # When the database takes writes again, the task is dispatched
+            read_only.clear()
+            engine.dispose()
+            while not broker.queues.get("bridge") and datetime.now() < deadline:
+                threading.Event().wait(0.02)
+            assert broker.queues.get("bridge") and task(engine, "a").status == "queued"
+        finally:
+            d.stop_event.set()
+            runner.join(timeout=10)
+    assert not runner.is_alive()
 
 
 def test_a_drain_applies_what_was_waiting_and_leaves_what_keeps_arriving(setup):
