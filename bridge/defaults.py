@@ -43,6 +43,11 @@ CHECK_EVERY = 1.0
 """Seconds between checks for lost jobs, dead workers and a restarted Redis."""
 LOST_JOB_GRACE = 5.0
 """A job missing from Redis this long after its dispatch was lost by Redis."""
+HEARTBEAT_RETURN = 2 * HEARTBEAT_EVERY
+"""Seconds after a dispatcher starts, or sees that Redis restarted, before a running job
+without a heartbeat counts as a dead worker: a Redis that restarted may have lost the
+heartbeat keys of workers that are alive, and each writes its own again at its next beat.
+Jobs Redis lost are still sent again at once."""
 PICKED_GRACE = 5.0
 """Seconds a job may sit taken by a worker but not started (the worker stopped between)."""
 TIMEOUT_MARGIN = 30.0

@@ -31,6 +31,7 @@ from bridge.defaults import (
     COALESCE_WAIT,
     DATABASE_RETRY,
     DATABASE_RETRY_CAP,
+    HEARTBEAT_RETURN,
     LEASE_MARGIN,
     LEASE_TTL,
     LOST_JOB_GRACE,
@@ -83,6 +84,9 @@ class Dispatcher:
 
     def __post_init__(self) -> None:
         self._run_id: str | None = None
+        self._heartbeats_due = 0.0
+        """Until this moment (monotonic) a missing heartbeat is not yet evidence: see
+        ``HEARTBEAT_RETURN``."""
         self._next_check = 0.0
         self._lease_until = 0.0
         self._claim_wanted = True
@@ -174,6 +178,7 @@ class Dispatcher:
             raise store.StoreError("another dispatcher holds the lease for this database")
         self.broker.ensure_group()
         self._run_id = self.broker.run_id()
+        self._heartbeats_due = time.monotonic() + HEARTBEAT_RETURN
         risk = self.broker.eviction_risk()
         if risk is not None:
             log.warning("%s", risk)
@@ -403,6 +408,7 @@ class Dispatcher:
             # persistence) or what a worker still runs (its heartbeat is back) goes on.
             log.warning("Redis restarted (run id changed): judging everything in flight now")
             self._run_id = run_id
+            self._heartbeats_due = time.monotonic() + HEARTBEAT_RETURN
             self.broker.ensure_group()
             totals.recovered += self.reconcile(grace=0.0)
         else:
@@ -435,6 +441,7 @@ class Dispatcher:
             timeout_margin=TIMEOUT_MARGIN,
             picked_grace=PICKED_GRACE,
             report_grace=REPORT_GRACE,
+            heartbeats_back_in=max(0.0, self._heartbeats_due - time.monotonic()),
         )
         moment = datetime.now(timezone.utc)
         resend: list[tuple[Flight, str]] = []

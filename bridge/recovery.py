@@ -69,6 +69,9 @@ class Limits:
     """Seconds a job may sit picked but not started (a worker stopped in between)."""
     report_grace: float = 60.0
     """Seconds a finished job's report may take to arrive before the attempt is re-sent."""
+    heartbeats_back_in: float = 0.0
+    """Seconds until the workers' heartbeats can be trusted again (Redis just restarted,
+    or this dispatcher just started): until then a missing heartbeat proves nothing."""
 
 
 def parse_time(text: str | None) -> datetime | None:
@@ -129,6 +132,8 @@ def judge(flight: Flight, job: JobState, *, now: datetime, limits: Limits) -> Ve
         return None
     started = job.started_at or parse_time(flight.started_at)
     if job.status == "started" or flight.status is TaskStatus.WORKING:
+        if limits.heartbeats_back_in > 0:
+            return None  # a live worker writes its heartbeat again at its next beat
         if started is None or _older(started, now, limits.grace):
             return Verdict(
                 False,

@@ -99,6 +99,33 @@ def test_a_lost_job_is_fenced_off_before_its_successor_is_enqueued(setup, caplog
     assert f"task 'a' sent again as attempt 2: {new}" in caplog.text
 
 
+def test_after_a_redis_restart_a_running_job_gets_one_beat_to_show_its_heartbeat(
+    setup, monkeypatch
+):
+    # Given two jobs running, whose heartbeat keys a Redis restart lost
+    settings, engine, broker, d = setup
+    monkeypatch.setattr(dispatcher_module, "HEARTBEAT_RETURN", 0.3)
+    add(engine, make_spec(task_id="alive"), make_spec(task_id="dead"))
+    d.start()
+    d.tick(block=False)
+    alive, _ = broker.take(), broker.take()
+    d.tick(block=False)  # their start reports: both working
+    monkeypatch.setattr(d, "_next_check", 0.0)
+    broker.alive.clear()
+    broker.redis_run = "run-2"
+    # When the dispatcher sees the restart, nothing running is judged yet
+    d._maintain(dispatcher_module.TickStats())
+    assert {task(engine, t).status for t in ("alive", "dead")} == {"working"}
+    # And when one worker's heartbeat is back after its next beat and the other's is not
+    broker.alive.add(alive.job_id)
+    threading.Event().wait(0.4)
+    assert d.reconcile(grace=0.0) == 1
+    # Then only the silent one is failed as lost; the live one runs on
+    assert task(engine, "alive").status == "working"
+    assert task(engine, "dead").status == "failed"
+    assert "stopped sending heartbeats" in (task(engine, "dead").error or "")
+
+
 def test_an_attempt_whose_worker_is_alive_again_is_not_replaced(setup):
     # Given a job picked and started, whose job record says queued (as when a worker
     # that took it was paused) but whose heartbeat comes back before the fence is set

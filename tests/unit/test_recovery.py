@@ -75,6 +75,22 @@ def test_a_job_started_without_a_start_report_and_no_heartbeat_means_a_dead_work
     assert result is not None and result.reason.startswith("WorkerLost")
 
 
+@pytest.mark.parametrize("status", [TaskStatus.QUEUED, TaskStatus.WORKING])
+def test_a_missing_heartbeat_proves_nothing_until_heartbeats_are_back(status):
+    # Redis just restarted (or the dispatcher just started): a live worker's heartbeat key
+    # may be gone until its next beat, however long ago its job started
+    job = JobState(exists=True, status="started", started_at=NOW - timedelta(seconds=30))
+    waiting = Limits(grace=0.0, queue_timeout=600.0, timeout_margin=30.0, heartbeats_back_in=3)
+    assert judge(flight(status, started=30.0), job, now=NOW, limits=waiting) is None
+    # Once heartbeats are due, the same picture means a dead worker
+    due = Limits(grace=0.0, queue_timeout=600.0, timeout_margin=30.0)
+    result = judge(flight(status, started=30.0), job, now=NOW, limits=due)
+    assert result is not None and result.reason.startswith("WorkerLost")
+    # A job Redis lost is still sent again at once
+    lost = judge(flight(status, started=30.0), JobState(exists=False), now=NOW, limits=waiting)
+    assert lost is not None and lost.redispatch
+
+
 def test_a_job_just_started_is_given_the_grace_period():
     job = JobState(exists=True, status="started", started_at=NOW - timedelta(seconds=1))
     assert verdict(flight(TaskStatus.QUEUED), job) is None
