@@ -19,7 +19,15 @@ from bridge.states import (
 from bridge.store import pools, schema
 from bridge.store.claims import NOT_A_CLAIM
 from bridge.store.engine import StoreError, now
-from bridge.store.tables import SLOTS, TASKS, _chunks, _event, _record, _release_slots
+from bridge.store.tables import (
+    SLOTS,
+    TASKS,
+    _chunks,
+    _driver_marks,
+    _event,
+    _record,
+    _release_slots,
+)
 
 
 def reset_slots(*, session: Session, slots: int) -> list[str]:
@@ -276,12 +284,11 @@ def _gather_inputs(
     An input is named as the dependent's graph wrote it: a dependency of the same run
     by its id in the graph (``local_id``), one of another run by its stored id."""
     conn = session.connection()
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     found: dict[str, list[tuple[str, str | None]]] = {}
     for chunk in _chunks(list(runs)):
         # Straight to the driver: a fan-in's thousand rows through SQLAlchemy's result
         # machinery cost more than the read itself.
-        query = _INPUTS.format(ids=", ".join([mark] * len(chunk)))
+        query = _INPUTS.format(ids=_driver_marks(conn, len(chunk)))
         for task_id, dep_id, local_id, run, output in conn.exec_driver_sql(query, tuple(chunk)):
             same_run = local_id is not None and run == runs[task_id]
             found.setdefault(task_id, []).append((local_id if same_run else dep_id, output))
@@ -298,6 +305,14 @@ def _gather_inputs(
     return inputs, too_large
 
 
+_GUARDED = update(TASKS).where(
+    TASKS.c.id == bindparam("b_id"),
+    TASKS.c.attempts == bindparam("b_prev"),
+    TASKS.c.status == bindparam("b_src"),
+)
+"""An update of one task, only if it still has the attempt and status it was read with."""
+
+
 def _fail_unsendable(
     session: Session, rows: Sequence[tuple[Any, str]], why: dict[str, str]
 ) -> None:
@@ -307,13 +322,7 @@ def _fail_unsendable(
     changed = (
         session.connection()
         .execute(
-            update(TASKS)
-            .where(
-                TASKS.c.id == bindparam("b_id"),
-                TASKS.c.attempts == bindparam("b_prev"),
-                TASKS.c.status == bindparam("b_src"),
-            )
-            .values(
+            _GUARDED.values(
                 status="failed",
                 error=bindparam("b_error"),
                 completed_at=at,
@@ -342,26 +351,18 @@ def _fail_unsendable(
     )
 
 
-_MARK_QUEUED = (
-    update(TASKS)
-    .where(
-        TASKS.c.id == bindparam("b_id"),
-        TASKS.c.attempts == bindparam("b_prev"),
-        TASKS.c.status == bindparam("b_src"),
-    )
-    .values(
-        status="queued",
-        attempts=bindparam("b_attempt"),
-        job_id=bindparam("b_job"),
-        queued_at=bindparam("b_at"),
-        updated_at=bindparam("b_at"),
-        not_before=None,
-        worker=None,
-        started_at=None,
-        note=bindparam("b_note"),
-        progress=None,
-        progress_message=None,
-    )
+_MARK_QUEUED = _GUARDED.values(
+    status="queued",
+    attempts=bindparam("b_attempt"),
+    job_id=bindparam("b_job"),
+    queued_at=bindparam("b_at"),
+    updated_at=bindparam("b_at"),
+    not_before=None,
+    worker=None,
+    started_at=None,
+    note=bindparam("b_note"),
+    progress=None,
+    progress_message=None,
 )
 
 

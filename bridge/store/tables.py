@@ -83,6 +83,12 @@ _RELEASE_SLOT = (
 what executing a cached one does, on every tick of the dispatcher."""
 
 
+def _driver_marks(conn: Any, count: int) -> str:
+    """``count`` positional placeholders in the driver's own style (sqlite3 ``?``,
+    psycopg ``%s``), for SQL sent with ``exec_driver_sql``."""
+    return ", ".join(["?" if conn.dialect.paramstyle == "qmark" else "%s"] * count)
+
+
 def _record(session: Session, events: Sequence[dict[str, Any]]) -> None:
     if events:
         session.connection().execute(_INSERT_EVENTS, list(events))

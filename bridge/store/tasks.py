@@ -21,7 +21,17 @@ from bridge.states import (
 from bridge.store.engine import now, stamp
 from bridge.store.errors import UnknownTask
 from bridge.store.locks import lock_dependency_counts
-from bridge.store.tables import EDGES, EVENTS, LOGS, SLOTS, TASKS, _chunks, _event, _record
+from bridge.store.tables import (
+    EDGES,
+    EVENTS,
+    LOGS,
+    SLOTS,
+    TASKS,
+    _chunks,
+    _driver_marks,
+    _event,
+    _record,
+)
 
 
 def declared_dependencies(raw: str | None) -> list[str] | str:
@@ -103,13 +113,12 @@ def add_tasks(
             stored[row.id] = row
     # Dependencies outside the graph: only whether they exist and are done. Whole rows
     # (outputs included) cost a fan-in over 1,000 stored tasks most of its add.
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     for chunk in _chunks(others):
         # Straight to the driver: SQLAlchemy's per-value work on a 500-value IN list and
         # its 500 rows cost more than SQLite's own reading of them.
-        marks = ", ".join([mark] * len(chunk))
         found = conn.exec_driver_sql(
-            f"SELECT id, status FROM tasks WHERE id IN ({marks})", tuple(chunk)
+            f"SELECT id, status FROM tasks WHERE id IN ({_driver_marks(conn, len(chunk))})",
+            tuple(chunk),
         )
         for row in found:
             stored[row.id] = row
@@ -168,7 +177,7 @@ def add_tasks(
         conn.execute(insert(TASKS), task_rows)
         if edge_rows:  # a fan-in's thousand edges: driver rows, not SQLAlchemy parameters
             conn.exec_driver_sql(
-                f"INSERT INTO task_edges (task_id, depends_on) VALUES ({mark}, {mark})",
+                f"INSERT INTO task_edges (task_id, depends_on) VALUES ({_driver_marks(conn, 2)})",
                 edge_rows,
             )
     except IntegrityError as exc:  # a concurrent add of the same id
