@@ -406,18 +406,19 @@ class Broker:
     @translated
     def served_queues(self) -> list[str]:
         """The queues a dispatcher of this database serves right now (it claims each queue
-        it sends a job to, ``claim_queues``)."""
-        prefix = queue_owner("")
-        keys = sorted(self.client.scan_iter(match=prefix + "*", count=1000))
-        if not keys:
-            return []
-        owners = self.client.mget(keys)
-        mine = self.namespace.encode()
-        return [
+        it sends a job to, ``claim_queues``). Read from RQ's own set of queues, so the
+        cost follows the number of queues, never the number of keys in Redis."""
+        prefix = Queue.redis_queue_namespace_prefix
+        names = sorted(
             key.decode()[len(prefix) :]
-            for key, owner in zip(keys, owners, strict=True)
-            if owner == mine
-        ]
+            for key in self.client.smembers(Queue.redis_queues_keys)
+            if key.decode().startswith(prefix)
+        )
+        if not names:
+            return []
+        owners = self.client.mget([queue_owner(name) for name in names])
+        mine = self.namespace.encode()
+        return [name for name, owner in zip(names, owners, strict=True) if owner == mine]
 
     @translated
     def live_workers(self, queues: Iterable[str]) -> dict[str, int]:
